@@ -1,0 +1,38 @@
+"""Mount the REST HTTP-API and its OpenAPI document on the hub's aiohttp application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from adapters.rest.common import HUB_KEY, ok
+from adapters.rest.openapi import build_openapi
+from adapters.rest.resources import admin, registration
+from adapters.rest.routing import ApiRoutes
+from hub.runtime import Hub
+
+RESOURCE_MODULES = [admin, registration]
+
+
+def all_routes() -> ApiRoutes:
+    merged = ApiRoutes()
+    for module in RESOURCE_MODULES:
+        merged.operations.extend(module.routes.operations)
+    return merged
+
+
+def setup_rest(app: web.Application, hub: Hub, shell: ApiRoutes | None = None) -> ApiRoutes:
+    """Install every REST route plus ``shell`` (the app's own routes, such as /health) and serve
+    the OpenAPI document that describes all of them."""
+    app[HUB_KEY] = hub
+    routes = all_routes()
+    if shell is not None:
+        routes.operations[:0] = shell.operations
+    spec: dict[str, object] = {}
+
+    @routes.get("/api/openapi.json", summary="This OpenAPI document", tag="meta")
+    async def openapi(_: web.Request) -> web.Response:
+        return ok(spec)
+
+    spec.update(build_openapi(routes, hub.version))
+    routes.install(app)
+    return routes

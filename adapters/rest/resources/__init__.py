@@ -1,0 +1,1 @@
+"""REST resources, one module per area; each exposes ``routes`` (an ApiRoutes)."""

@@ -1,0 +1,54 @@
+"""The hub's aiohttp application: every edge mounts here, plus /health."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from hub.runtime import Hub
+
+log = logging.getLogger("mdmhub.http")
+HUB_APP_KEY: web.AppKey[Hub] = web.AppKey("hub_runtime", Hub)
+
+
+@web.middleware
+async def access_log(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        log.info("request", extra={"method": request.method, "path": request.path, "status": status,
+                                   "ms": round((time.perf_counter() - started) * 1000, 2),
+                                   "remote": request.remote})
+
+
+async def health(request: web.Request) -> web.Response:
+    hub = request.app[HUB_APP_KEY]
+    db_ok = await hub.run(hub.db.ping)
+    body = {"status": "ok" if db_ok else "degraded", "version": hub.version,
+            "database": {"backend": hub.db.backend, "reachable": db_ok}}
+    return web.json_response(body, status=200 if db_ok else 503)
+
+
+def create_app(hub: Hub) -> web.Application:
+    """Build the application with every edge mounted; the caller owns the hub's lifetime."""
+    from adapters.rest import setup_rest  # composition root: the one place the core wires edges in
+    from adapters.rest.problems import problem_middleware
+    from adapters.rest.routing import ApiRoutes
+
+    app = web.Application(middlewares=[access_log, problem_middleware],
+                          client_max_size=hub.settings.http.max_body_bytes)
+    app[HUB_APP_KEY] = hub
+    shell = ApiRoutes()
+    shell.get("/health", summary="Liveness and database reachability, with the hub's version", tag="meta",
+              responses={503: "database unreachable"})(health)
+    setup_rest(app, hub, shell)
+    return app

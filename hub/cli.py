@@ -1,0 +1,187 @@
+"""The ``mdmhub`` command: serve, demo, database upgrades, device import, conformance."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hub.config import ConfigError, Settings, load_settings
+from hub.logs import setup_logging
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    try:
+        settings = load_settings(ctx.obj.get("config"), **overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    setup_logging(settings.log.level, settings.log.format)
+    return settings
+
+
+def _sections(**values: Any) -> dict[str, dict[str, Any]]:
+    """CLI flags as settings overrides, e.g. http_port=9000 -> {"http": {"port": 9000}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        if value is not None:
+            section, name = key.split("_", 1)
+            out.setdefault(section, {})[name] = value
+    return out
+
+
+def _merge(settings_cls_kwargs: dict[str, dict[str, Any]], ctx: click.Context) -> Settings:
+    base = _settings(ctx)
+    merged = {name: getattr(base, name).model_dump() for name in Settings.model_fields}
+    for section, values in settings_cls_kwargs.items():
+        merged[section].update(values)
+    try:
+        return Settings.model_validate(merged)
+    except Exception as exc:  # pydantic.ValidationError
+        raise click.ClickException(f"invalid option: {exc}") from None
+
+
+@click.group()
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML configuration file (default: $MDMHUB_CONFIG).")
+@click.version_option(package_name="mdmhub")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """mdmhub: a standards-oriented integration hub for smart-meter and energy data."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default from [http] host).")
+@click.option("--port", type=int, default=None, help="Port to bind (default from [http] port).")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the hub (migrating the database first)."""
+    from hub.migrate import upgrade
+    from hub.runtime import Hub
+    from hub.server import serve as run_server
+
+    settings = _merge(_sections(http_host=host, http_port=port), ctx)
+    hub = Hub(settings)
+    upgrade(hub.db.engine)
+    try:
+        asyncio.run(run_server(hub, settings.http.host, settings.http.port))
+    finally:
+        hub.close()
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Port to bind (default 8080).")
+@click.option("--meters", type=int, default=None, help="How many demo meters to register (default 300).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data folder (default $MDMHUB_DATA_DIR or ./var).")
+@click.pass_context
+def demo(ctx: click.Context, port: int | None, meters: int | None, data_dir: Path | None) -> None:
+    """Start the hub on SQLite with demo head-ends and meters."""
+    from hub.demo import seed_demo
+    from hub.migrate import upgrade
+    from hub.runtime import Hub
+    from hub.server import serve as run_server
+
+    settings = _merge(_sections(http_port=port, demo_meters=meters, data_dir=data_dir), ctx)
+    hub = Hub(settings)
+    upgrade(hub.db.engine)
+    summary = seed_demo(hub)
+    click.echo(f"demo data in {settings.database_url}: {summary}")
+    try:
+        asyncio.run(run_server(hub, settings.http.host, settings.http.port))
+    finally:
+        hub.close()
+
+
+@main.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@click.pass_context
+def db_upgrade(ctx: click.Context, revision: str) -> None:
+    """Apply schema migrations (never drops data)."""
+    from hub.db import make_engine
+    from hub.migrate import current_revision, upgrade
+
+    settings = _settings(ctx.find_root())
+    engine = make_engine(settings.database_url)
+    before = current_revision(engine)
+    upgrade(engine, revision)
+    click.echo(f"database {engine.url.render_as_string(hide_password=True)}: {before or 'empty'} -> "
+               f"{current_revision(engine)}")
+
+
+@db.command("current")
+@click.pass_context
+def db_current(ctx: click.Context) -> None:
+    """Show the schema revision of the database."""
+    from hub.db import make_engine
+    from hub.migrate import current_revision, head_revision
+
+    engine = make_engine(_settings(ctx.find_root()).database_url)
+    click.echo(f"current {current_revision(engine) or 'none'}, head {head_revision(engine)}")
+
+
+@main.group()
+def devices() -> None:
+    """Device registration."""
+
+
+@devices.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--atomic", is_flag=True, help="Store every row or none.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "csv", "json"]), default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def devices_import(ctx: click.Context, file: Path, atomic: bool, fmt: str, quiet: bool) -> None:
+    """Register devices from a CSV or JSON FILE; prints the report as JSON."""
+    from tqdm import tqdm
+
+    from hub.migrate import upgrade
+    from hub.runtime import Hub
+    from hub.services.errors import ServiceError
+
+    settings = _settings(ctx.find_root())
+    hub = Hub(settings)
+    upgrade(hub.db.engine)
+    kind = fmt if fmt != "auto" else ("json" if file.suffix.lower() == ".json" else "csv")
+    try:
+        with tqdm(desc="rows", unit=" rows", disable=quiet, file=sys.stderr) as bar:
+            if kind == "csv":
+                with file.open(encoding="utf-8-sig", newline="") as fh:
+                    report = hub.registry.import_csv(fh, atomic=atomic, progress=bar.update)
+            else:
+                report = hub.registry.import_json(file.read_text(encoding="utf-8"), atomic=atomic,
+                                                  progress=bar.update)
+    except ServiceError as exc:
+        raise click.ClickException(f"{exc.message}") from None
+    finally:
+        hub.close()
+    click.echo(json.dumps(report.as_dict(), indent=2))
+    if report.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("suite", required=False)
+@click.option("--target", help="URL of the endpoint under test.")
+def conformance(suite: str | None, target: str | None) -> None:
+    """Run a conformance suite against an endpoint (lists the suites without arguments)."""
+    from conformance import SUITES, run_suite
+
+    if suite is None:
+        click.echo("conformance suites: " + (", ".join(sorted(SUITES)) or "none yet"))
+        return
+    sys.exit(run_suite(suite, target))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

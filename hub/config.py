@@ -1,0 +1,147 @@
+"""Settings: one TOML file plus environment overrides, validated at start.
+
+One rule for every setting: key ``k`` of section ``[s]`` is overridden by ``MDMHUB_S_K``
+(upper case), e.g. ``MDMHUB_DATABASE_URL``, ``MDMHUB_HTTP_PORT``, ``MDMHUB_DATA_DIR``.
+Section names therefore never contain an underscore; keys may.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+ENV_PREFIX = "MDMHUB_"
+CONFIG_FILE_ENV = "MDMHUB_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSection(_Section):
+    dir: Path = Field(Path("var"), description="Folder for the SQLite database, exports and logs.")
+
+
+class DatabaseSection(_Section):
+    url: str | None = Field(
+        None, description="SQLAlchemy URL; empty means SQLite at <data.dir>/mdmhub.db. "
+        "PostgreSQL: postgresql+psycopg://user@host:5432/db")
+    pool_size: int = Field(5, ge=1, le=200)
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("only sqlite:// and postgresql+psycopg:// URLs are supported")
+        return value
+
+
+class HttpSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+
+
+class LogSection(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class RegistrySection(_Section):
+    assignment: Literal["fill-lowest", "least-loaded"] = Field(
+        "fill-lowest", description="How new devices are spread over head-ends.")
+    import_batch_size: int = Field(5000, ge=1, le=100_000)
+
+
+class DemoSection(_Section):
+    meters: int = Field(300, ge=1, le=200_000)
+    head_ends: int = Field(2, ge=1, le=50)
+    seed: int = 1
+
+
+class OpenAdrSection(_Section):
+    vtn_url: str | None = None
+    ven_name: str = "mdmhub"
+
+
+class Settings(BaseSettings):
+    """All of the hub's settings. Build with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        case_sensitive=False,
+        extra="forbid",
+    )
+
+    data: DataSection = DataSection()
+    database: DatabaseSection = DatabaseSection()
+    http: HttpSection = HttpSection()
+    log: LogSection = LogSection()
+    registry: RegistrySection = RegistrySection()
+    demo: DemoSection = DemoSection()
+    openadr: OpenAdrSection = OpenAdrSection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = os.environ.get(CONFIG_FILE_ENV)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+    @property
+    def database_url(self) -> str:
+        """The effective database URL (SQLite under the data folder unless one is set)."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.data.dir / 'mdmhub.db').resolve()}"
+
+
+class ConfigError(Exception):
+    """Settings that cannot be used; the message names every bad value and where it came from."""
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``config_file`` (or ``$MDMHUB_CONFIG``) and the environment.
+
+    Precedence, highest first: ``overrides`` (CLI flags), environment, TOML file, defaults.
+    """
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"configuration file not found: {path}")
+        os.environ[CONFIG_FILE_ENV] = str(path)
+    elif (env_path := os.environ.get(CONFIG_FILE_ENV)) and not Path(env_path).is_file():
+        raise ConfigError(f"configuration file not found: {env_path} (from {CONFIG_FILE_ENV})")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:  # TOML syntax errors and the like
+        raise ConfigError(f"cannot read configuration: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        key = ".".join(loc)
+        env = ENV_PREFIX + "_".join(loc).upper()
+        given = err.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"  [{loc[0]}] {'.'.join(loc[1:]) or key}: {err['msg']}{shown}; set it in the TOML file or {env}")
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""The canonical model (SQLModel tables). Importing this package registers every table."""
+
+from hub.model.adr import AdrAction, AdrEvent, AdrPolicy
+from hub.model.base import CommsSettings
+from hub.model.catalog import (
+    ConcentratorType,
+    LogicalDeviceType,
+    ParameterGroup,
+    ParameterGroupItem,
+    PhysicalDeviceType,
+)
+from hub.model.customers import (
+    Cluster,
+    CorrectionParameter,
+    Customer,
+    CustomerLogicalDevice,
+    DisplayTerminal,
+    PortalAccount,
+)
+from hub.model.history import Alert, Certificate, QuoteHistory, UsageHistory
+from hub.model.topology import (
+    Concentrator,
+    ConcentratorComms,
+    HeadEnd,
+    LogicalDevice,
+    PhysicalDevice,
+    PhysicalDeviceComms,
+)
+from sqlmodel import SQLModel
+
+metadata = SQLModel.metadata
+
+__all__ = [
+    "AdrAction", "AdrEvent", "AdrPolicy", "Alert", "Certificate", "Cluster", "CommsSettings",
+    "Concentrator", "ConcentratorComms", "ConcentratorType", "CorrectionParameter", "Customer",
+    "CustomerLogicalDevice", "DisplayTerminal", "HeadEnd", "LogicalDevice", "LogicalDeviceType",
+    "ParameterGroup", "ParameterGroupItem", "PhysicalDevice", "PhysicalDeviceComms",
+    "PhysicalDeviceType", "PortalAccount", "QuoteHistory", "UsageHistory", "metadata",
+]

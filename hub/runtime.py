@@ -1,0 +1,43 @@
+"""The running hub: settings, store and services, plus a worker pool for blocking database work.
+
+Edges hold a :class:`Hub` and call services through :meth:`Hub.run`; they never open sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from hub import __version__
+from hub.config import Settings
+from hub.db import Database
+from hub.services.admin import AdminService
+from hub.services.registry import RegistryService
+
+T = TypeVar("T")
+
+
+class Hub:
+    """Everything the edges may use. One per process."""
+
+    version = __version__
+
+    def __init__(self, settings: Settings, db: Database | None = None) -> None:
+        self.settings = settings
+        self.db = db or Database.from_url(settings.database_url, pool_size=settings.database.pool_size,
+                                          echo=settings.database.echo)
+        self.admin = AdminService(self.db)
+        self.registry = RegistryService(self.db, settings.registry)
+        self._pool = ThreadPoolExecutor(max_workers=settings.database.pool_size, thread_name_prefix="hub-db")
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking service code off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.db.dispose()
