@@ -1,0 +1,82 @@
+"""Run the benchmarks: ``python -m bench.run [--only NAME] [--backend sqlite,postgresql]
+[--devices 80000] [--requests 2000] [--out bench/results/latest.json]``.
+
+Each backend gets a fresh database; the registration benchmark fills it and the search benchmark
+then queries it (with ``--only search`` the store is filled the same way, untimed). Results go to
+the JSON file and, as a Markdown table, next to it and to standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.harness import Run, machine, markdown, write_json
+from bench.registration import bench_registration, import_devices, prepare_store, write_csv
+from bench.search import bench_search
+from bench.stores import BACKENDS, fresh_database, postgresql_server
+
+BENCHMARKS = ("registration", "search")
+
+
+def _names(value: str, known: tuple[str, ...], what: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown) or '(none)'}; known: {', '.join(known)}")
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", type=lambda v: _names(v, BENCHMARKS, "benchmark"), default=list(BENCHMARKS),
+                   help=f"comma-separated benchmarks to run ({', '.join(BENCHMARKS)}; default all)")
+    p.add_argument("--backend", type=lambda v: _names(v, BACKENDS, "backend"), default=list(BACKENDS),
+                   help="comma-separated stores (default sqlite,postgresql)")
+    p.add_argument("--devices", type=int, default=80_000, help="meters to register (default 80000, the seed's MDM)")
+    p.add_argument("--requests", type=int, default=2000, help="timed requests per search kind (default 2000)")
+    p.add_argument("--out", type=Path, default=Path("bench/results/latest.json"), help="JSON result file")
+    args = p.parse_args(argv)
+    if not 1 <= args.devices <= 80_000:
+        p.error("--devices must be between 1 and 80000 (4 head-ends x 20,000)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    pg = postgresql_server() if "postgresql" in args.backend else None
+    if "postgresql" in args.backend and pg is None:
+        print("PostgreSQL is not reachable (set MDMHUB_BENCH_PG_URL, or run with --backend sqlite)", file=sys.stderr)
+        return 2
+    run = Run(machine(pg["server_version"] if pg else None),
+              options={"only": args.only, "backend": args.backend, "devices": args.devices,
+                       "requests": args.requests})
+    if pg:
+        run.details["postgresql_settings"] = pg
+    with tempfile.TemporaryDirectory(prefix="mdmhub-bench-") as tmp:
+        workdir = Path(tmp)
+        for backend in args.backend:
+            with fresh_database(backend, workdir) as url:
+                print(f"[{backend}] registration of {args.devices:,} meters ...", file=sys.stderr, flush=True)
+                if "registration" in args.only:
+                    bench_registration(run, backend, url, args.devices, workdir)
+                else:
+                    prepare_store(url)
+                    import_devices(url, write_csv(workdir / "registration.csv", args.devices), workdir)
+                if "search" in args.only:
+                    print(f"[{backend}] search, {args.requests:,} requests of each kind ...", file=sys.stderr,
+                          flush=True)
+                    bench_search(run, backend, url, args.devices, workdir, args.requests)
+    write_json(run, args.out)
+    table = markdown(run)
+    args.out.with_suffix(".md").write_text(table, encoding="utf-8")
+    print(table)
+    print(json.dumps(run.details, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
