@@ -15,6 +15,9 @@ from hub import __version__
 from hub.config import Settings
 from hub.db import Database
 from hub.services.admin import AdminService
+from hub.services.certificates import CertificateService
+from hub.services.installation import InstallationService
+from hub.services.provisioning import ProvisioningService
 from hub.services.registry import RegistryService
 
 T = TypeVar("T")
@@ -31,6 +34,9 @@ class Hub:
                                           echo=settings.database.echo)
         self.admin = AdminService(self.db)
         self.registry = RegistryService(self.db, settings.registry)
+        self.installation = InstallationService(self.db)
+        self.provisioning = ProvisioningService(self.db)
+        self.certificates = CertificateService(self.db)
         self._pool = ThreadPoolExecutor(max_workers=settings.database.pool_size, thread_name_prefix="hub-db")
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
