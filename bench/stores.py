@@ -66,7 +66,7 @@ def postgresql_server() -> dict[str, str] | None:
     try:
         with engine.connect() as conn:
             return {name: conn.execute(text(f"SHOW {name}")).scalar_one()
-                    for name in ("server_version", "fsync", "synchronous_commit", "shared_buffers")}
+                    for name in ("server_version", "fsync", "synchronous_commit", "shared_buffers", "autovacuum")}
     except Exception:  # noqa: BLE001 - unreachable means "not measured", said in the report
         return None
     finally:
@@ -97,3 +97,20 @@ def seed_catalogue(url: str) -> None:
         _seed_clusters(hub)
     finally:
         hub.close()
+
+
+def settle(url: str) -> None:
+    """Bring planner statistics to what a running server has a minute after a bulk load.
+
+    PostgreSQL's autovacuum analyses freshly loaded tables on its own, but only when it runs (it is
+    off on some servers, and its timing would make results depend on when a run starts), so the
+    benchmark runs ANALYZE itself. SQLite keeps no statistics unless asked, and the hub never asks:
+    nothing to do there."""
+    if not url.startswith("postgresql"):
+        return
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("ANALYZE"))
+    finally:
+        engine.dispose()
