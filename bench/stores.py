@@ -82,19 +82,12 @@ def migrate(url: str) -> None:
 def seed_catalogue(url: str) -> None:
     """The demo catalogue (types 11/101, parameter group 1, clusters) and 4 head-ends x 20,000."""
     from hub.config import Settings
-    from hub.demo import METER_GROUP, _seed_clusters
+    from hub.demo import seed_catalogue as seed
     from hub.runtime import Hub
-    from hub.services.admin import DeviceTypeIn, HeadEndIn
 
     hub = Hub(Settings.model_validate({"database": {"url": url}}))
     try:
-        hub.admin.create_parameter_group(METER_GROUP)
-        hub.admin.create_type("physical-device", DeviceTypeIn(type_id=11, name="smart meter comms unit"))
-        hub.admin.create_type("logical-device", DeviceTypeIn(type_id=101, name="single-phase meter", group_id=1))
-        hub.admin.create_type("concentrator", DeviceTypeIn(type_id=2, name="concentrator"))
-        for he_id in range(1, HEAD_ENDS + 1):
-            hub.admin.create_head_end(HeadEndIn(he_id=he_id, name=f"head-end {he_id}", capacity=HE_CAPACITY))
-        _seed_clusters(hub)
+        seed(hub, head_ends=HEAD_ENDS, capacity=HE_CAPACITY)
     finally:
         hub.close()
 

@@ -7,9 +7,13 @@ import math
 import random
 from typing import Any
 
+from sqlalchemy import select
+
+from hub.model import PhysicalDevice
 from hub.runtime import Hub
 from hub.services.admin import DeviceTypeIn, HeadEndIn, ParameterGroupIn, ParameterItemIn
 from hub.services.errors import NotFound
+from hub.services.provisioning import ProvisioningUpdate
 
 METER_GROUP = ParameterGroupIn(group_id=1, name="single-phase meter registers", items=[
     ParameterItemIn(sub_number=1, obis="1.0.1.8.0.255", name="import active energy", unit="kWh",
@@ -36,32 +40,41 @@ def demo_rows(count: int, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
+def seed_catalogue(hub: Hub, *, head_ends: int = 2, capacity: int = 20_000) -> None:
+    """The demo catalogue: parameter group 1 (energy, max current), PD type 11, LD type 101,
+    concentrator type 2, head-ends 1..``head_ends`` with ``capacity`` each, and three clusters."""
+    from hub.model import Cluster
+
+    hub.admin.create_parameter_group(METER_GROUP)
+    hub.admin.create_type("physical-device", DeviceTypeIn(type_id=11, name="smart meter comms unit"))
+    hub.admin.create_type("logical-device", DeviceTypeIn(type_id=101, name="single-phase meter", group_id=1))
+    hub.admin.create_type("concentrator", DeviceTypeIn(type_id=2, name="concentrator"))
+    for he_id in range(1, head_ends + 1):
+        hub.admin.create_head_end(HeadEndIn(he_id=he_id, name=f"head-end {he_id}", adapter="simulator",
+                                            capacity=capacity, settings={"seed": he_id}))
+    with hub.db.session() as s:
+        for cluster_id in CLUSTERS:
+            s.add(Cluster(cluster_id=cluster_id, name=cluster_id.replace("-", " "), area="demo"))
+
+
 def seed_demo(hub: Hub) -> str:
+    """Register the demo meters (with their installation data, as a kitting file would carry it)
+    and report them provisioned and keyed, so they are poll targets like meters in the field."""
     settings = hub.settings.demo
     try:
         hub.admin.get_head_end(1)
         return "already seeded"
     except NotFound:
         pass
-    hub.admin.create_parameter_group(METER_GROUP)
-    hub.admin.create_type("physical-device", DeviceTypeIn(type_id=11, name="smart meter comms unit"))
-    hub.admin.create_type("logical-device", DeviceTypeIn(type_id=101, name="single-phase meter", group_id=1))
-    hub.admin.create_type("concentrator", DeviceTypeIn(type_id=2, name="concentrator"))
-    capacity = math.ceil(settings.meters / settings.head_ends)
-    for he_id in range(1, settings.head_ends + 1):
-        hub.admin.create_head_end(HeadEndIn(he_id=he_id, name=f"demo head-end {he_id}", adapter="simulator",
-                                            capacity=capacity, settings={"seed": settings.seed + he_id}))
-    _seed_clusters(hub)
+    seed_catalogue(hub, head_ends=settings.head_ends, capacity=math.ceil(settings.meters / settings.head_ends))
     report = hub.registry.import_json(demo_rows(settings.meters, settings.seed), atomic=True)
     if report.failed:
         raise RuntimeError(f"demo seeding failed: {report.as_dict()['errors'][:3]}")
-    spread = ", ".join(f"HE{he}: {n}" for he, n in sorted(report.assigned.items()))
-    return f"{report.stored} meters on {settings.head_ends} head-ends ({spread})"
-
-
-def _seed_clusters(hub: Hub) -> None:
-    from hub.model import Cluster
-
     with hub.db.session() as s:
-        for cluster_id in CLUSTERS:
-            s.add(Cluster(cluster_id=cluster_id, name=cluster_id.replace("-", " "), area="demo"))
+        keys = list(s.scalars(select(PhysicalDevice.id).order_by(PhysicalDevice.id)))
+    for n, key in enumerate(keys, start=1):
+        hub.provisioning.update("physical-device", key, ProvisioningUpdate(
+            dhcp_done=True, provisioned=True, ip=f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", port=4059,
+            common_key=f"demo-key-{n:06d}"))
+    spread = ", ".join(f"HE{he}: {n}" for he, n in sorted(report.assigned.items()))
+    return f"{report.stored} meters on {settings.head_ends} head-ends ({spread}), provisioned and active"

@@ -99,16 +99,9 @@ async def client(hub: Hub, aiohttp_client):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def catalog(hub: Hub) -> Hub:
-    """The demo catalogue: parameter group 1, PD type 11, LD type 101, concentrator type 2, three
-    clusters, and head-ends 1 and 2 with a capacity of 20,000 each."""
-    from hub.demo import METER_GROUP, _seed_clusters
-    from hub.services.admin import DeviceTypeIn, HeadEndIn
+    """The demo catalogue (see hub.demo.seed_catalogue): parameter group 1, PD type 11, LD type 101,
+    concentrator type 2, three clusters, and head-ends 1 and 2 with a capacity of 20,000 each."""
+    from hub.demo import seed_catalogue
 
-    hub.admin.create_parameter_group(METER_GROUP)
-    hub.admin.create_type("physical-device", DeviceTypeIn(type_id=11, name="smart meter comms unit"))
-    hub.admin.create_type("logical-device", DeviceTypeIn(type_id=101, name="single-phase meter", group_id=1))
-    hub.admin.create_type("concentrator", DeviceTypeIn(type_id=2, name="concentrator"))
-    for he_id in (1, 2):
-        hub.admin.create_head_end(HeadEndIn(he_id=he_id, name=f"head-end {he_id}"))
-    _seed_clusters(hub)
+    seed_catalogue(hub)
     return hub

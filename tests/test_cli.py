@@ -1,0 +1,74 @@
+"""The mdmhub command as a user runs it: database upgrade, device import, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from hub.cli import main
+from hub.config import Settings
+from hub.db import Database
+from hub.demo import seed_catalogue
+from hub.runtime import Hub
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hub.cli", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_db_upgrade_then_import_a_csv_file(tmp_path, database_url):
+    env = {"MDMHUB_DATABASE_URL": database_url, "MDMHUB_LOG_FORMAT": "text"}
+    upgraded = run_cli(["db", "upgrade"], env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "-> 0001" in upgraded.stdout
+    hub = Hub(Settings.model_validate({"database": {"url": database_url}}), Database.from_url(database_url))
+    seed_catalogue(hub)
+    hub.close()
+    csv_file = tmp_path / "devices.csv"
+    csv_file.write_text("type_id,ld_type_id,mac\n11,101,000000000001\n11,101,bad\n")
+    result = run_cli(["devices", "import", str(csv_file)], env)
+    report = json.loads(result.stdout)
+    assert result.returncode == 1  # some rows failed
+    assert report["stored"] == 1 and report["errors"][0]["line"] == 3
+
+
+def test_configuration_errors_stop_the_command_with_a_clear_message(tmp_path):
+    result = CliRunner().invoke(main, ["db", "current"], env={"MDMHUB_HTTP_PORT": "-1"})
+    assert result.exit_code != 0
+    assert "[http] port" in result.output and "MDMHUB_HTTP_PORT" in result.output
+
+
+def test_demo_starts_a_hub_that_answers_health_and_lists_its_meters(tmp_path):
+    env = {**os.environ, "MDMHUB_DATA_DIR": str(tmp_path / "var"), "MDMHUB_LOG_FORMAT": "text",
+           "MDMHUB_DEMO_METERS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "demo", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and url is None:
+            line = proc.stdout.readline()
+            if match := re.search(r"listening on (http://\S+)", line):
+                url = match.group(1)
+        assert url, "the demo never said where it listens"
+        health = json.load(urllib.request.urlopen(f"{url}/health", timeout=10))
+        assert health["status"] == "ok" and health["database"]["backend"] == "sqlite"
+        meters = json.load(urllib.request.urlopen(f"{url}/api/v1/logical-devices?installed=true&limit=5", timeout=10))
+        assert meters["total"] == 120 and meters["items"][0]["ld_id"].startswith("DEMO-LD-")
+        active = json.load(urllib.request.urlopen(f"{url}/api/v1/logical-devices?use_state=A&limit=1", timeout=10))
+        assert active["total"] == 120
+        assert Path(tmp_path / "var" / "mdmhub.db").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
