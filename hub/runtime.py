@@ -16,9 +16,11 @@ from hub.config import Settings
 from hub.db import Database
 from hub.services.admin import AdminService
 from hub.services.certificates import CertificateService
+from hub.services.concentrators import ConcentratorService
 from hub.services.installation import InstallationService
 from hub.services.provisioning import ProvisioningService
 from hub.services.registry import RegistryService
+from hub.services.search import SearchService
 
 T = TypeVar("T")
 
@@ -37,6 +39,8 @@ class Hub:
         self.installation = InstallationService(self.db)
         self.provisioning = ProvisioningService(self.db)
         self.certificates = CertificateService(self.db)
+        self.search = SearchService(self.db)
+        self.concentrators = ConcentratorService(self.db, settings.registry)
         self._pool = ThreadPoolExecutor(max_workers=settings.database.pool_size, thread_name_prefix="hub-db")
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
