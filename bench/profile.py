@@ -15,7 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.registration import prepare_store, run_child, write_csv
+from bench.fleet import Fleet, write_csv
+from bench.registration import prepare_store, run_child
 from bench.stores import BACKENDS, fresh_database, hub_env
 
 
@@ -30,9 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mdmhub-profile-") as tmp:
         workdir = Path(tmp)
-        csv_path = write_csv(workdir / "registration.csv", args.devices)
+        fleet = Fleet(args.devices)
+        csv_path = write_csv(workdir / "registration.csv", fleet)
         with fresh_database(args.backend, workdir) as url:
-            prepare_store(url)
+            prepare_store(url, fleet)
             child = run_child([sys.executable, "-m", "cProfile", "-o", str(out), "-m", "hub.cli", "devices", "import",
                                str(csv_path), "--quiet"], hub_env(url), workdir)
     if child.returncode != 0:

@@ -8,60 +8,24 @@ driver (sqlite3 / psycopg), one transaction per batch of the hub's batch size.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import random
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.harness import Measure, Run
+from bench.fleet import Fleet, register_concentrators, registration_rows, write_csv
 from bench.stores import hub_env, mdmhub_command, migrate, seed_catalogue
 from hub.config import RegistrySection
 
 TIME_TARGET_S = 30.0
 RSS_TARGET_MIB = 500.0
-CLUSTERS = ("demo-tower-a", "demo-tower-b", "demo-district-1")
 BATCH_SIZE = RegistrySection().import_batch_size  # the hub's default batch, used by the baseline too
-
-
-def registration_rows(count: int, seed: int = 61968) -> Iterator[dict[str, Any]]:
-    """``count`` installed single-phase meters as asset management lists them: PD_ID, serial, MAC,
-    comms address, LD_ID and cluster set; head-end left to the assignment strategy.
-
-    ``config_state`` and ``relay_state`` are left blank (defaults 0 and 1): the importer refuses the
-    text "0"/"1" a CSV cell carries for those two fields."""
-    from hub.services.registry import CSV_COLUMNS
-
-    rng = random.Random(seed)
-    for n in range(1, count + 1):
-        row = {
-            "type_id": 11, "ld_type_id": 101, "pd_id": f"PD{n:013d}", "co_id": "", "he_id": "",
-            "serial": f"SN-2024-{n:09d}", "mac": f"0250C2{n:06X}", "name": f"comms unit {n}",
-            "config_state": "", "ip": f"fd00::{n >> 16:x}:{n & 0xFFFF:x}", "port": 4059,
-            "cert_serial": f"CERT{n:012d}", "password": f"{rng.getrandbits(64):016x}",
-            "ld_id": f"LD{n:010d}", "cluster_id": CLUSTERS[n % len(CLUSTERS)], "ld_name": f"metering point {n}",
-            "ld_address": 2, "contract_amps": rng.choice((20, 30, 40, 50, 60)), "relay_state": "",
-        }
-        assert tuple(row) == CSV_COLUMNS, "the generator must follow DeviceRegistration's fields"
-        yield row
-
-
-def write_csv(path: Path, count: int) -> Path:
-    """The registration CSV of ``count`` meters (header: DeviceRegistration's fields)."""
-    from hub.services.registry import CSV_COLUMNS
-
-    with path.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(registration_rows(count))
-    return path
 
 
 @dataclass
@@ -97,16 +61,18 @@ def import_devices(url: str, csv_path: Path, workdir: Path, **env: str) -> Child
     return child
 
 
-def prepare_store(url: str) -> None:
-    """Migrate with the CLI and seed the catalogue through the services."""
+def prepare_store(url: str, fleet: Fleet) -> None:
+    """Migrate with the CLI; seed the catalogue and the fleet's concentrators through the services."""
     migrate(url)
     seed_catalogue(url)
+    register_concentrators(url, fleet)
 
 
 def bench_registration(run: Run, backend: str, url: str, count: int, workdir: Path) -> None:
     """Import ``count`` meters into the empty store at ``url``, then time the baseline."""
-    csv_path = write_csv(workdir / f"registration-{count}.csv", count)
-    prepare_store(url)
+    fleet = Fleet(count)
+    csv_path = write_csv(workdir / f"registration-{count}.csv", fleet)
+    prepare_store(url, fleet)
     child = import_devices(url, csv_path, workdir)
     report = json.loads(child.stdout)
     if report["stored"] != count:
@@ -122,7 +88,7 @@ def bench_registration(run: Run, backend: str, url: str, count: int, workdir: Pa
         "rows": count, "wall_s": round(child.wall_s, 3), "cpu_s": round(child.cpu_s, 3),
         "peak_rss_mib": round(child.peak_rss_mib, 1), "baseline_s": round(base_s, 3),
         "batches_committed": report["batches_committed"], "assigned_per_head_end": report["assigned_per_head_end"],
-        "csv_bytes": csv_path.stat().st_size,
+        "csv_bytes": csv_path.stat().st_size, "concentrators": len(fleet.concentrators),
     }
 
 
@@ -155,7 +121,7 @@ _LD = ("INSERT INTO base_ld VALUES ({})".format(", ".join(["{p}"] * 14)))
 
 def _baseline_rows(count: int, now: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     pds, comms, lds = [], [], []
-    for key, r in enumerate(registration_rows(count), start=1):
+    for key, r in enumerate(registration_rows(Fleet(count)), start=1):
         pds.append((key, r["pd_id"], 1, 11, r["serial"], r["mac"], r["name"], 1, None, False, None, now, now))
         comms.append((key, r["ip"], r["port"], r["cert_serial"], r["password"], None, None, "N", False, False,
                       None, None, None, now))

@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import Run, machine, markdown, write_json
-from bench.registration import bench_registration, import_devices, prepare_store, write_csv
+from bench.fleet import Fleet, write_csv
+from bench.registration import bench_registration, import_devices, prepare_store
 from bench.search import bench_search
 from bench.stores import BACKENDS, fresh_database, postgresql_server
 
@@ -40,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=2000, help="timed requests per search kind (default 2000)")
     p.add_argument("--out", type=Path, default=Path("bench/results/latest.json"), help="JSON result file")
     args = p.parse_args(argv)
-    if not 1 <= args.devices <= 80_000:
-        p.error("--devices must be between 1 and 80000 (4 head-ends x 20,000)")
+    if not 2_000 <= args.devices <= 80_000:
+        p.error("--devices must be between 2000 and 80000 (4 head-ends x 20,000)")
     return args
 
 
@@ -64,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "registration" in args.only:
                     bench_registration(run, backend, url, args.devices, workdir)
                 else:
-                    prepare_store(url)
-                    import_devices(url, write_csv(workdir / "registration.csv", args.devices), workdir)
+                    fleet = Fleet(args.devices)
+                    prepare_store(url, fleet)
+                    import_devices(url, write_csv(workdir / "registration.csv", fleet), workdir)
                 if "search" in args.only:
                     print(f"[{backend}] search, {args.requests:,} requests of each kind ...", file=sys.stderr,
                           flush=True)

@@ -4,11 +4,11 @@ store holding the registration benchmark's meters.
 The hub runs as ``mdmhub serve --port 0`` in its own process, so the client (this process) and the
 server do not share an interpreter; one keep-alive connection sends the requests one at a time.
 Baseline, same run, same connection: ``GET /health`` (routing, a worker-thread hop and ``SELECT 1``),
-interleaved with the searches so that drift in a noisy machine hits all three alike.
+interleaved with the searches so that drift in a noisy machine hits every kind alike.
 
 The store is searched as it stands once planner statistics are current (see ``stores.settle``).
-Every CO_ID asked for is a head-end's holding concentrator (HE1..HE4): registration leaves the
-meters there, 20,000 to a concentrator, the heaviest concentrator search the seed's scale allows.
+CO_ID searches ask for a real concentrator (400 meters) and, separately, for a head-end's holding
+concentrator (20,000 meters at the seed's scale, the heaviest CO_ID search there is); see ``fleet``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench.fleet import CONCENTRATOR_SIZE, PAGE, Fleet, ld_id
 from bench.harness import Measure, Run, percentiles
-from bench.stores import HE_CAPACITY, HEAD_ENDS, hub_env, mdmhub_command, settle
+from bench.stores import hub_env, mdmhub_command, settle
 
 P50_TARGET_MS = 5.0
 WARMUP = 200
@@ -92,7 +93,7 @@ def _check_ld(path: str, body: dict[str, Any]) -> None:
 def _check_co(path: str, body: dict[str, Any]) -> None:
     co_id = path.split("co_id=", 1)[1].split("&", 1)[0]
     items = body.get("items", [])
-    if len(items) != 50 or any(i["co_id"] != co_id for i in items) or body.get("total", 0) < 50:
+    if len(items) != PAGE or any(i["co_id"] != co_id for i in items) or body.get("total", 0) < PAGE:
         raise RuntimeError(f"{path} answered {len(items)} items, total {body.get('total')}")
 
 
@@ -100,11 +101,15 @@ def bench_search(run: Run, backend: str, url: str, devices: int, workdir: Path, 
                  seed: int = 1888) -> None:
     """Time ``requests`` searches of each kind against the hub serving ``url``."""
     rng = random.Random(seed)
-    head_ends = min(HEAD_ENDS, -(-devices // HE_CAPACITY))
+    fleet = Fleet(devices)
+    installed, holding = fleet.full_concentrators, sorted(fleet.holding_concentrators)
+    by_co = f"by CO_ID, {CONCENTRATOR_SIZE} meters"
+    by_holding = f"by CO_ID, holding {max(fleet.holding_concentrators.values()):,}"
     kinds: dict[str, tuple[Callable[[], str], Callable[[str, dict[str, Any]], None]]] = {
         "health": (lambda: "/health", _check_health),
-        "by LD_ID": (lambda: f"/api/v1/logical-devices?ld_id=LD{rng.randint(1, devices):010d}", _check_ld),
-        "by CO_ID": (lambda: f"/api/v1/logical-devices?co_id=HE{rng.randint(1, head_ends)}&limit=50", _check_co),
+        "by LD_ID": (lambda: f"/api/v1/logical-devices?ld_id={ld_id(rng.randint(1, devices))}", _check_ld),
+        by_co: (lambda: f"/api/v1/logical-devices?co_id={rng.choice(installed)}&limit={PAGE}", _check_co),
+        by_holding: (lambda: f"/api/v1/logical-devices?co_id={rng.choice(holding)}&limit={PAGE}", _check_co),
     }
     samples: dict[str, list[float]] = {k: [] for k in kinds}
     settle(url)
@@ -124,16 +129,17 @@ def bench_search(run: Run, backend: str, url: str, devices: int, workdir: Path, 
             client.close()
 
     stats = {kind: percentiles(values) for kind, values in samples.items()}
-    base = stats["health"]["p50"]
+    base = stats["health"]
     name = f"search ({devices:,} devices, {requests:,} requests each)"
-    run.add(Measure(name, backend, "GET /health p50", base, "ms"))
-    for kind in ("by LD_ID", "by CO_ID"):
+    run.add(Measure(name, backend, "GET /health p50", base["p50"], "ms"))
+    for kind in list(kinds)[1:]:
         for point in ("p50", "p95", "p99"):
             target = f"p50 < {P50_TARGET_MS:.0f} ms" if point == "p50" else None
             met = stats[kind]["p50"] < P50_TARGET_MS if point == "p50" else None
-            run.add(Measure(name, backend, f"{kind} {point}", stats[kind][point], "ms",
-                            base if point == "p50" else stats["health"][point], f"/health {point}", target, met))
+            run.add(Measure(name, backend, f"{kind} {point}", stats[kind][point], "ms", base[point],
+                            f"/health {point}", target, met))
     run.details.setdefault("search", {})[backend] = {
-        "devices": devices, "requests": requests, "warmup": WARMUP, "co_id_holds": min(devices, HE_CAPACITY),
+        "devices": devices, "requests": requests, "warmup": WARMUP,
+        "concentrators": {"installed": len(installed), "holding": fleet.holding_concentrators},
         "ms": {kind: {k: round(v, 3) for k, v in s.items()} for kind, s in stats.items()},
     }
