@@ -24,13 +24,15 @@ METER_GROUP = ParameterGroupIn(group_id=1, name="single-phase meter registers", 
 CLUSTERS = ("demo-tower-a", "demo-tower-b", "demo-district-1")
 
 
-def demo_rows(count: int, seed: int) -> list[dict[str, Any]]:
-    """Registration records of ``count`` installed demo meters (reproducible for a seed)."""
+def demo_rows(count: int, seed: int, head_ends: int = 2) -> list[dict[str, Any]]:
+    """Registration records of ``count`` installed demo meters (reproducible for a seed), spread
+    evenly over the head-ends."""
     rng = random.Random(seed)
     rows = []
+    per_head_end = math.ceil(count / head_ends)
     for n in range(1, count + 1):
         rows.append({
-            "type_id": 11, "ld_type_id": 101, "config_state": 1,
+            "type_id": 11, "ld_type_id": 101, "config_state": 1, "he_id": (n - 1) // per_head_end + 1,
             "pd_id": f"DEMO-PD-{n:06d}", "serial": f"DEMO-SN-{seed}-{n:06d}",
             "mac": f"02DE{seed % 256:02X}{n:06X}", "name": f"demo meter {n}",
             "ld_id": f"DEMO-LD-{n:06d}", "ld_name": f"metering point {n}",
@@ -66,8 +68,8 @@ def seed_demo(hub: Hub) -> str:
         return "already seeded"
     except NotFound:
         pass
-    seed_catalogue(hub, head_ends=settings.head_ends, capacity=math.ceil(settings.meters / settings.head_ends))
-    report = hub.registry.import_json(demo_rows(settings.meters, settings.seed), atomic=True)
+    seed_catalogue(hub, head_ends=settings.head_ends)
+    report = hub.registry.import_json(demo_rows(settings.meters, settings.seed, settings.head_ends), atomic=True)
     if report.failed:
         raise RuntimeError(f"demo seeding failed: {report.as_dict()['errors'][:3]}")
     with hub.db.session() as s:

@@ -15,10 +15,10 @@ from hub.services.errors import Conflict, FieldError, InvalidInput, NotFound, Se
 log = logging.getLogger("mdmhub.rest")
 PROBLEM_TYPE_BASE = "urn:mdmhub:problem:"
 
-_SERVICE_STATUS: list[tuple[type[ServiceError], int, str]] = [
-    (NotFound, 404, "not-found"),
-    (Conflict, 409, "conflict"),
-    (InvalidInput, 422, "invalid-input"),
+_SERVICE_STATUS: list[tuple[type[ServiceError], int, str, str]] = [
+    (NotFound, 404, "not-found", "Not found"),
+    (Conflict, 409, "conflict", "Conflict with the stored state"),
+    (InvalidInput, 422, "invalid-input", "Invalid input"),
 ]
 
 
@@ -58,10 +58,10 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
         log.info("bad request", extra={"path": request.path, "detail": exc.detail})
         return problem(exc.status, exc.slug, exc.title, exc.detail, exc.errors, instance=request.path)
     except ServiceError as exc:
-        for cls, status, slug in _SERVICE_STATUS:
+        for cls, status, slug, title in _SERVICE_STATUS:
             if isinstance(exc, cls):
                 log.info("request refused", extra={"path": request.path, "status": status, "detail": exc.message})
-                return problem(status, slug, cls.__name__, exc.message, exc.errors, instance=request.path)
+                return problem(status, slug, title, exc.message, exc.errors, instance=request.path)
         log.warning("service error", extra={"path": request.path, "detail": exc.message})
         return problem(400, "bad-request", "Bad request", exc.message, exc.errors, instance=request.path)
     except web.HTTPException as exc:

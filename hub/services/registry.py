@@ -102,7 +102,8 @@ class ImportReport:
             "rows": self.rows, "stored": self.stored, "failed": self.failed, "atomic": self.atomic,
             "batches_committed": self.batches_committed,
             "assigned_per_head_end": {str(k): v for k, v in sorted(self.assigned.items())},
-            "errors": [{k: v for k, v in e.__dict__.items() if v is not None} for e in self.errors],
+            "errors": [{k: v for k, v in e.__dict__.items() if v is not None}
+                       for e in sorted(self.errors, key=lambda e: e.line or 0)],
             "errors_truncated": self.errors_truncated,
         }
 
