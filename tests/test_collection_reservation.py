@@ -85,6 +85,7 @@ async def test_a_reservation_is_stored_and_decides_collection(client, catalog, d
     body = await resp.json()
     assert datetime.fromisoformat(body["collection_stop_at"]) == T1
     assert datetime.fromisoformat(body["collection_start_at"]) == T2
+    assert body["collection_stop_at"] == "2025-04-01T00:00:00Z", "answers in UTC whatever offset was sent"
     row = stored(catalog, table, key)
     assert [is_collecting(row, at) for at in (BEFORE, BETWEEN, AFTER)] == [True, False, True]
 

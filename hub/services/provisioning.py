@@ -12,7 +12,7 @@ re-collection, within the meter's retention.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal, Protocol
 
@@ -133,11 +133,16 @@ class ProvisioningService:
         """Replace the collection stop / start reservations of one device."""
         with self.db.session() as s:
             comms = _comms(s, kind, key)
-            comms.collection_start_at, comms.collection_stop_at = data.start_at, data.stop_at
+            comms.collection_start_at, comms.collection_stop_at = _utc(data.start_at), _utc(data.stop_at)
             comms.updated_at = utcnow()
             s.add(comms)
             s.flush()
             return comms_view(comms)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """Answer in UTC, as the store keeps it, whatever offset the caller wrote."""
+    return None if moment is None else moment.astimezone(UTC)
 
 
 def _comms(s: Any, kind: DeviceKind, key: int) -> PhysicalDeviceComms | ConcentratorComms:
