@@ -9,6 +9,7 @@ from hub.model.catalog import (
     ParameterGroupItem,
     PhysicalDeviceType,
 )
+from hub.model.collection import CollectionLog, CollectionRun
 from hub.model.customers import (
     Cluster,
     CorrectionParameter,
@@ -31,7 +32,8 @@ from sqlmodel import SQLModel
 metadata = SQLModel.metadata
 
 __all__ = [
-    "AdrAction", "AdrEvent", "AdrPolicy", "Alert", "Certificate", "Cluster", "CommsSettings",
+    "AdrAction", "AdrEvent", "AdrPolicy", "Alert", "Certificate", "Cluster", "CollectionLog",
+    "CollectionRun", "CommsSettings",
     "Concentrator", "ConcentratorComms", "ConcentratorType", "CorrectionParameter", "Customer",
     "CustomerLogicalDevice", "DisplayTerminal", "HeadEnd", "LogicalDevice", "LogicalDeviceType",
     "ParameterGroup", "ParameterGroupItem", "PhysicalDevice", "PhysicalDeviceComms",

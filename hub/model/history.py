@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON
+from sqlalchemy import JSON, Index, text
 from sqlmodel import Field, SQLModel
 
 from hub.db import UTCDateTime
@@ -49,9 +49,19 @@ class UsageHistory(SQLModel, table=True):
 
     No foreign key to logical_device: the history belongs to the metering point (LD_ID) and outlives
     installations and meter replacements.
+
+    ``quality`` is a bit set (:mod:`hub.services.quality`). The effective increment of a row is
+    ``recollected_increment`` when set (re-collection filled a gap before or at it), else ``increment``.
+    Indexes: by time (exports, purges) and a small partial one over missing rows, which is all the
+    re-collection scan reads.
     """
 
     __tablename__ = "usage_history"
+    __table_args__ = (
+        Index("ix_usage_history_measured_time", "measured_time"),
+        Index("ix_usage_history_missing", "measured_time", sqlite_where=text("status = 'missing'"),
+              postgresql_where=text("status = 'missing'")),
+    )
     ld_id: str = Field(primary_key=True, max_length=BUSINESS_KEY_MAX)
     sub_number: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     measured_time: datetime = Field(primary_key=True, sa_type=UTCDateTime)
