@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from hub.cli import main
 from hub.config import Settings
-from hub.db import Database
+from hub.db import Database, make_engine
+from hub.migrate import head_revision, pending_model_changes
 from hub.demo import seed_catalogue
 from hub.runtime import Hub
 
@@ -26,11 +27,20 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
                           env={**os.environ, **env})
 
 
-def test_db_upgrade_then_import_a_csv_file(tmp_path, database_url):
-    env = {"MDMHUB_DATABASE_URL": database_url, "MDMHUB_LOG_FORMAT": "text"}
+def test_db_upgrade_migrates_an_empty_database_to_the_head_revision(tmp_path):
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    env = {"MDMHUB_DATABASE_URL": url, "MDMHUB_LOG_FORMAT": "text"}
     upgraded = run_cli(["db", "upgrade"], env)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "-> 0001" in upgraded.stdout
+    engine = make_engine(url)
+    assert f"empty -> {head_revision(engine)}" in upgraded.stdout
+    assert pending_model_changes(engine) == []
+    engine.dispose()
+    assert "current" in run_cli(["db", "current"], env).stdout
+
+
+def test_devices_import_reports_rows_and_fails_when_some_are_bad(tmp_path, database_url):
+    env = {"MDMHUB_DATABASE_URL": database_url, "MDMHUB_LOG_FORMAT": "text"}
     hub = Hub(Settings.model_validate({"database": {"url": database_url}}), Database.from_url(database_url))
     seed_catalogue(hub)
     hub.close()
