@@ -162,3 +162,15 @@ async def test_import_commits_whole_batches(catalog):
     report = catalog.registry.import_csv(text)
     assert report.stored == 5 and report.batches_committed == 3
     assert counts(catalog) == (5, 5, 5)
+
+
+async def test_csv_cells_for_states_are_read_as_numbers(client, catalog):
+    text = ("type_id,ld_type_id,mac,config_state,relay_state\n"
+            "11,101,000000000001,1,0\n"
+            "11,101,000000000002,2,1\n")
+    report = await (await post_csv(client, text)).json()
+    assert report["stored"] == 1
+    assert [(e["line"], e["field"]) for e in report["errors"]] == [(3, "config_state")]
+    found = await (await client.get("/api/v1/physical-devices?mac=000000000001")).json()
+    assert found["items"][0]["config_state"] == 1
+    assert found["items"][0]["logical_devices"][0]["relay_state"] == 0

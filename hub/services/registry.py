@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import insert, select
@@ -55,7 +55,7 @@ class DeviceRegistration(BaseModel):
     serial: str | None = Field(None, max_length=64)
     mac: MacAddress | None = None
     name: str | None = Field(None, max_length=128)
-    config_state: Literal[0, 1] = 0
+    config_state: int = Field(0, ge=0, le=1, description="0 do not poll, 1 poll")
     ip: str | None = Field(None, max_length=45)
     port: int | None = Field(None, ge=1, le=65535)
     cert_serial: str | None = Field(None, max_length=64)
@@ -65,7 +65,7 @@ class DeviceRegistration(BaseModel):
     ld_name: str | None = Field(None, max_length=128)
     ld_address: int = Field(2, ge=1, le=65535)
     contract_amps: int = Field(0, ge=0, le=10_000)
-    relay_state: Literal[0, 1] = 1
+    relay_state: int = Field(1, ge=0, le=1, description="1 supply on, 0 supply off")
 
     @model_validator(mode="before")
     @classmethod
