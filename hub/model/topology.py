@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, UniqueConstraint
+from sqlalchemy import JSON, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from hub.model.base import BUSINESS_KEY_MAX, ID_MAX, CommsSettings, created_field, ts_field
@@ -53,9 +53,12 @@ class PhysicalDevice(SQLModel, table=True):
     """A meter's comms unit or a smart controller (the seed's CONTROLLER)."""
 
     __tablename__ = "physical_device"
+    # A concentrator's devices in key order: searches by CO_ID page through this index without a
+    # sort (PostgreSQL's single-column index does not keep the key order; SQLite's does).
+    __table_args__ = (Index("ix_physical_device_concentrator_key", "concentrator_id", "id"),)
     id: int | None = Field(default=None, primary_key=True)
     pd_id: str | None = Field(default=None, max_length=ID_MAX, unique=True)
-    concentrator_id: int = Field(foreign_key="concentrator.id", index=True)
+    concentrator_id: int = Field(foreign_key="concentrator.id")
     type_id: int = Field(foreign_key="physical_device_type.type_id")
     serial: str | None = Field(default=None, max_length=64, unique=True)
     mac: str | None = Field(default=None, max_length=12, unique=True)
