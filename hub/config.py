@@ -69,6 +69,27 @@ class OpenAdrSection(_Section):
     ven_name: str = "mdmhub"
 
 
+class MqttSection(_Section):
+    enabled: bool = Field(False, description="Subscribe to pushing wireless units at start.")
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    client_id: str = Field("mdmhub-units", min_length=1, max_length=64,
+                           description="Fixed so the broker keeps the session and queues QoS 1 readings "
+                           "while the hub is down.")
+    persistent_session: bool = Field(True, description="Keep the broker session (subscriptions and queued "
+                                     "readings) across disconnects; false starts clean each time.")
+    topics: list[str] = Field(default_factory=list, description="Subscription filters; empty means "
+                              "every topic family of the mapping table.")
+    mapping_file: Path | None = Field(None, description="Unit mapping table; empty means mappings/mqtt_units.toml.")
+    tls: bool = False
+    tls_ca_file: Path | None = Field(None, description="CA bundle for TLS; empty means the system's.")
+    batch_size: int = Field(200, ge=1, le=10_000, description="Readings per ingest call.")
+    flush_seconds: float = Field(1.0, gt=0, le=60, description="Longest a reading waits for its batch.")
+    reconnect_max_seconds: float = Field(60.0, ge=0.1, le=3600, description="Back-off cap between reconnects.")
+
+
 class Settings(BaseSettings):
     """All of the hub's settings. Build with :func:`load_settings`."""
 
@@ -87,6 +108,7 @@ class Settings(BaseSettings):
     registry: RegistrySection = RegistrySection()
     demo: DemoSection = DemoSection()
     openadr: OpenAdrSection = OpenAdrSection()
+    mqtt: MqttSection = MqttSection()
 
     @classmethod
     def settings_customise_sources(

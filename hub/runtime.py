@@ -21,6 +21,7 @@ from hub.services.installation import InstallationService
 from hub.services.provisioning import ProvisioningService
 from hub.services.registry import RegistryService
 from hub.services.search import SearchService
+from hub.services.units import UnitService
 
 T = TypeVar("T")
 
@@ -40,6 +41,7 @@ class Hub:
         self.provisioning = ProvisioningService(self.db)
         self.certificates = CertificateService(self.db)
         self.search = SearchService(self.db)
+        self.units = UnitService(self.db)
         self.concentrators = ConcentratorService(self.db, settings.registry)
         self._pool = ThreadPoolExecutor(max_workers=settings.database.pool_size, thread_name_prefix="hub-db")
 
