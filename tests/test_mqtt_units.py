@@ -147,7 +147,8 @@ async def test_json_and_csv_readings_are_stored_as_utc_register_reads(units: Any
         RegisterRead("LD-JSON", 1, TIME_UTC, 1234.5),
     ]
     assert all(r.measured_time.utcoffset() is not None and r.measured_time.tzinfo is UTC for r in recorder.reads)
-    assert subscriber.stats == {"received": 2, "stored": 3, "unknown_unit": 0, "malformed": 0, "failed": 0}
+    assert subscriber.stats == {"received": 2, "stored": 3, "unknown_unit": 0, "malformed": 0, "rejected": 0,
+                                "failed": 0}
 
 
 async def test_a_batch_of_readings_in_one_json_array_is_stored(units: Any, catalog: Hub) -> None:
@@ -281,3 +282,36 @@ async def test_readings_published_while_the_hub_is_away_arrive_when_it_returns(c
         async with aiomqtt.Client(*BROKER, identifier=f"hub-{prefix}", clean_session=True):
             pass  # end the persistent session so the broker forgets it
     assert recorder.reads == [RegisterRead("LD-AWAY", 1, TIME_UTC, 42.0)]
+
+
+async def test_the_subscriber_runs_with_the_application_when_enabled(catalog: Hub, aiohttp_client: Any,
+                                                                     tmp_path: Any) -> None:
+    from aiohttp import web
+
+    from adapters.mqtt.lifecycle import MQTT_APP_KEY, setup_mqtt
+
+    broker_up()
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    table = tmp_path / "units.toml"
+    table.write_text(f'[[topic]]\nname = "site"\npattern = "{prefix}/{{unit_id}}/kwh"\nformat = "csv"\n'
+                     'columns = ["time", "kwh"]\n[topic.registers]\nkwh = 1\n')
+    register_unit(catalog, "LD-APP", serial="SN-APP")
+    recorder = Recorder()
+    disabled = web.Application()
+    setup_mqtt(disabled, catalog, recorder.ingest)
+    assert MQTT_APP_KEY not in disabled  # [mqtt] enabled is false by default
+
+    catalog.settings.mqtt = MqttSection(enabled=True, host=BROKER[0], port=BROKER[1], client_id=f"hub-{prefix}",
+                                        persistent_session=False, mapping_file=table, flush_seconds=0.05)
+    app = web.Application()
+    setup_mqtt(app, catalog, recorder.ingest, recorder.on_unknown)
+    client = await aiohttp_client(app)
+    subscriber = app[MQTT_APP_KEY]
+    await asyncio.wait_for(subscriber.connected.wait(), 5)
+    assert subscriber.topic_filters == [f"{prefix}/+/kwh"]
+    async with aiomqtt.Client(*BROKER) as publisher:
+        await publisher.publish(f"{prefix}/SN-APP/kwh", "2026-11-23T00:30:00Z,9.5", qos=1)
+        await eventually(lambda: len(recorder.reads) == 1, "the reading stored while the app runs")
+    await client.close()
+    assert not subscriber.connected.is_set()
+    assert recorder.reads == [RegisterRead("LD-APP", 1, TIME_UTC, 9.5)]

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiomqtt
@@ -28,7 +28,8 @@ from hub.ports import RegisterRead
 log = logging.getLogger("mdmhub.mqtt")
 
 Ingest = Callable[[list[RegisterRead]], Awaitable[Any]]
-"""Stores reads on the polled reads' path; must be idempotent for (ld_id, sub_number, time)."""
+"""Stores reads on the polled reads' path; must be idempotent for (ld_id, sub_number, time). A
+mapping result with a ``rejected`` list names reads the store refused."""
 Resolve = Callable[[list[str], int], Awaitable[dict[str, str]]]
 """unit IDs and LD address -> LD_ID of each known unit."""
 OnUnknown = Callable[[str, list[UnitReading]], Awaitable[None]]
@@ -37,15 +38,17 @@ OnUnknown = Callable[[str, list[UnitReading]], Awaitable[None]]
 QOS = 1
 UNKNOWN_ALERT_SECONDS = 3600.0  # a misconfigured unit pushes every 30 minutes: one alert an hour is enough
 FIRST_BACKOFF_SECONDS = 0.5
-STAT_KEYS = ("received", "stored", "unknown_unit", "malformed", "failed")
+STAT_KEYS = ("received", "stored", "unknown_unit", "malformed", "rejected", "failed")
 
 
 class UnitSubscriber:
     """Subscribe, parse, resolve and ingest; :meth:`start` and :meth:`stop` follow the app's life.
 
-    ``stats``: ``received`` messages, ``stored`` readings handed to ingest, ``unknown_unit``
-    readings refused for an unknown unit, ``malformed`` messages refused whole, ``failed``
-    readings whose ingest raised (logged; the batch is not retried).
+    ``stats``: ``received`` messages, ``stored`` register reads the store took (a redelivered one
+    counts again but changes nothing), ``unknown_unit`` readings refused for an unknown unit,
+    ``malformed`` messages refused whole, ``rejected`` register reads the store refused (e.g. a
+    register the device type lacks), ``failed`` readings whose store raised (logged; the batch is
+    not retried: the unit's next push or re-collection fills the gap).
     """
 
     def __init__(self, settings: MqttSection, mapping: UnitMapping, *, resolve: Resolve, ingest: Ingest,
@@ -165,8 +168,13 @@ class UnitSubscriber:
                 reads.extend(RegisterRead(ld_id, sub, reading.measured_time, value)
                              for sub, value in sorted(reading.values.items()))
         if reads:
-            await self._ingest(reads)
-            self.stats["stored"] += len(reads)
+            result = await self._ingest(reads)
+            refused = list(result.get("rejected") or []) if isinstance(result, Mapping) else []
+            if refused:
+                log.warning("mqtt readings refused by the store", extra={"refused": len(refused),
+                                                                         "first": refused[0]})
+            self.stats["rejected"] += len(refused)
+            self.stats["stored"] += len(reads) - len(refused)
         for unit_id, readings in unknown.items():
             self.stats["unknown_unit"] += len(readings)
             await self._report_unknown(unit_id, readings)
