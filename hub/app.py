@@ -51,4 +51,8 @@ def create_app(hub: Hub) -> web.Application:
     shell.get("/health", summary="Liveness and database reachability, with the hub's version", tag="meta",
               responses={503: "database unreachable"})(health)
     setup_rest(app, hub, shell)
+    if hub.settings.nms.enabled:
+        from adapters.nms import install as install_nms
+
+        install_nms(app, hub)
     return app

@@ -90,6 +90,32 @@ class MqttSection(_Section):
     reconnect_max_seconds: float = Field(60.0, ge=0.1, le=3600, description="Back-off cap between reconnects.")
 
 
+class AlertsSection(_Section):
+    zero_run_slots: int = Field(12, ge=1, description="A run of zero increments longer than this many slots "
+                                "raises reading.zero-run.")
+    missing_run_slots: int = Field(6, ge=1, description="A run of missing readings longer than this many slots "
+                                   "raises reading.missing-run.")
+    spike_tolerance: float = Field(3.0, gt=1, description="A day's highest interval above this many times its "
+                                   "third-highest raises reading.spike.")
+    spike_min_increment: float = Field(0.5, ge=0, description="Intervals at or below this (kWh) never count as "
+                                       "a spike, so near-idle days do not raise alerts.")
+    clock_tolerance_seconds: float = Field(0.0, ge=0, le=900, description="How far a read's stamp may be off the "
+                                           "30-minute grid before reading.clock-off-grid.")
+
+
+class NmsSection(_Section):
+    enabled: bool = Field(False, description="Send every alert to the NMS as RFC 5424 syslog.")
+    host: str = "127.0.0.1"
+    port: int = Field(514, ge=1, le=65535)
+    transport: Literal["udp", "tcp"] = Field("udp", description="tcp uses octet-counting framing (RFC 6587).")
+    app_name: str = Field("mdmhub", min_length=1, max_length=48, pattern=r"^[\x21-\x7e]+$")
+    facility: Literal["user", "daemon", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+                      "local7"] = "local0"
+    hostname: str | None = Field(None, max_length=255, description="HOSTNAME field; empty means this host's name.")
+    timeout_seconds: float = Field(2.0, gt=0, le=60, description="Connect and send timeout (tcp).")
+    resend_seconds: float = Field(60.0, ge=1, description="How often alerts the NMS did not get are sent again.")
+
+
 class Settings(BaseSettings):
     """All of the hub's settings. Build with :func:`load_settings`."""
 
@@ -109,6 +135,8 @@ class Settings(BaseSettings):
     demo: DemoSection = DemoSection()
     openadr: OpenAdrSection = OpenAdrSection()
     mqtt: MqttSection = MqttSection()
+    alerts: AlertsSection = AlertsSection()
+    nms: NmsSection = NmsSection()
 
     @classmethod
     def settings_customise_sources(
