@@ -170,6 +170,103 @@ def devices_import(ctx: click.Context, file: Path, atomic: bool, fmt: str, quiet
         sys.exit(1)
 
 
+@main.group()
+def billing() -> None:
+    """Billing files and quotes (usage export, quote import, pseudo-billing, correction, purge)."""
+
+
+def _billing_call(ctx: click.Context, fn_name: str, *args: Any, **kwargs: Any) -> Any:
+    """Run one BillingService method on a migrated store; service errors become CLI errors."""
+    from hub.migrate import upgrade
+    from hub.runtime import Hub
+    from hub.services.errors import ServiceError
+
+    hub = Hub(_settings(ctx.find_root()))
+    try:
+        upgrade(hub.db.engine)
+        return getattr(hub.billing, fn_name)(*args, **kwargs)
+    except ServiceError as exc:
+        details = "; ".join(f"{e.field}: {e.message}" for e in getattr(exc, "errors", []) or [])
+        raise click.ClickException(f"{exc.message}{': ' + details if details else ''}") from None
+    finally:
+        hub.close()
+
+
+def _period(start: str, end: str) -> tuple[Any, Any]:
+    from hub.services.billing import period_bound
+    from hub.services.errors import ServiceError
+
+    try:
+        return period_bound(start), period_bound(end, end=True)
+    except ServiceError as exc:
+        raise click.BadParameter("; ".join(f"--{e.field}: {e.message}" for e in exc.errors)) from None
+
+
+@billing.command("export")
+@click.option("--kind", type=click.Choice(["ONTIME", "PAST"], case_sensitive=False), required=True)
+@click.option("--from", "start", required=True, help="First UTC day (YYYY-MM-DD) or an aware ISO datetime.")
+@click.option("--to", "end", required=True, help="Last UTC day, included (or an aware ISO datetime, excluded).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write (default <billing.export_dir>/usage_KIND_FROM_TO.csv).")
+@click.option("--without-missing", is_flag=True, help="Leave rows still missing out of the file.")
+@click.pass_context
+def billing_export(ctx: click.Context, kind: str, start: str, end: str, out: Path | None,
+                   without_missing: bool) -> None:
+    """Write the ONTIME or PAST usage file of a period (EXPORT_USAGE); prints a JSON summary."""
+    lo, hi = _period(start, end)
+    result = _billing_call(ctx, "export_usage", kind.upper(), lo, hi, out,
+                           include_missing=False if without_missing else None)
+    click.echo(json.dumps(result.as_dict()))
+
+
+@billing.command("import-quotes")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def billing_import_quotes(ctx: click.Context, file: Path) -> None:
+    """Update quote rows from a billing reply FILE (IMPORT_BILL); exit 1 when rows were refused."""
+    with file.open(encoding="utf-8-sig", newline="") as fh:
+        report = _billing_call(ctx, "import_quotes", fh)
+    click.echo(json.dumps(report.as_dict(), indent=2))
+    if report.unknown_count or report.error_count:
+        sys.exit(1)
+
+
+@billing.command("simulate")
+@click.option("--from", "start", required=True, help="First UTC day (YYYY-MM-DD) or an aware ISO datetime.")
+@click.option("--to", "end", required=True, help="Last UTC day, included (or an aware ISO datetime, excluded).")
+@click.pass_context
+def billing_simulate(ctx: click.Context, start: str, end: str) -> None:
+    """Price the quote rows of a period from correction parameters (SIMULATE_BILL)."""
+    lo, hi = _period(start, end)
+    click.echo(json.dumps(_billing_call(ctx, "simulate", lo, hi)))
+
+
+@billing.command("correct")
+@click.argument("ld_id")
+@click.argument("sub_number", type=int)
+@click.argument("measured_time")
+@click.argument("increment", type=float)
+@click.option("--charge", type=float, default=None, help="Corrected charge (default: priced from parameters).")
+@click.pass_context
+def billing_correct(ctx: click.Context, ld_id: str, sub_number: int, measured_time: str, increment: float,
+                    charge: float | None) -> None:
+    """Correct one quote row's increment by hand (CORRECT_QUOTE); MEASURED_TIME is an aware ISO datetime."""
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(measured_time)
+    except ValueError:
+        raise click.BadParameter(f"not an ISO datetime: {measured_time!r}", param_hint="MEASURED_TIME") from None
+    click.echo(json.dumps(_billing_call(ctx, "correct", ld_id, sub_number, when, increment, charge)))
+
+
+@billing.command("purge")
+@click.pass_context
+def billing_purge(ctx: click.Context) -> None:
+    """Delete usage and quote rows older than [billing] usage_retention_days / quote_retention_days."""
+    click.echo(json.dumps(_billing_call(ctx, "purge")))
+
+
 @main.command()
 @click.argument("suite", required=False)
 @click.option("--target", help="URL of the endpoint under test.")

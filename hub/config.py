@@ -116,6 +116,16 @@ class NmsSection(_Section):
     resend_seconds: float = Field(60.0, ge=1, description="How often alerts the NMS did not get are sent again.")
 
 
+class BillingSection(_Section):
+    export_dir: Path | None = Field(None, description="Folder of billing files; empty means <data.dir>/billing.")
+    include_missing: bool = Field(True, description="Usage files list rows still missing (empty value, status "
+                                  "missing) so billing knows what is absent; false leaves them out.")
+    usage_retention_days: int = Field(60, ge=1, description="Usage rows older than this are purged "
+                                      "(the meter register history is kept two months).")
+    quote_retention_days: int = Field(1825, ge=1, description="Quote rows older than this are purged (60 months).")
+    batch_size: int = Field(5000, ge=1, le=100_000, description="Rows per statement in quote imports.")
+
+
 class Settings(BaseSettings):
     """All of the hub's settings. Build with :func:`load_settings`."""
 
@@ -134,6 +144,7 @@ class Settings(BaseSettings):
     registry: RegistrySection = RegistrySection()
     demo: DemoSection = DemoSection()
     openadr: OpenAdrSection = OpenAdrSection()
+    billing: BillingSection = BillingSection()
     mqtt: MqttSection = MqttSection()
     alerts: AlertsSection = AlertsSection()
     nms: NmsSection = NmsSection()
@@ -159,6 +170,11 @@ class Settings(BaseSettings):
         if self.database.url:
             return self.database.url
         return f"sqlite:///{(self.data.dir / 'mdmhub.db').resolve()}"
+
+    @property
+    def billing_dir(self) -> Path:
+        """Where billing files go unless a command names a file."""
+        return self.billing.export_dir or self.data.dir / "billing"
 
 
 class ConfigError(Exception):

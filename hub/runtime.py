@@ -15,6 +15,7 @@ from hub import __version__
 from hub.config import Settings
 from hub.db import Database
 from hub.services.admin import AdminService
+from hub.services.billing import BillingService
 from hub.services.alerts import AlertService
 from hub.services.certificates import CertificateService
 from hub.services.concentrators import ConcentratorService
@@ -44,6 +45,7 @@ class Hub:
         self.search = SearchService(self.db)
         self.units = UnitService(self.db)
         self.concentrators = ConcentratorService(self.db, settings.registry)
+        self.billing = BillingService(self.db, settings.billing, settings.billing_dir)
         self.alerts = AlertService(self.db)  # the NMS notifier is wired by the composition root
         self._pool = ThreadPoolExecutor(max_workers=settings.database.pool_size, thread_name_prefix="hub-db")
 
