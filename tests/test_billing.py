@@ -138,6 +138,23 @@ def test_the_default_file_goes_to_the_export_folder_and_replaces_an_older_one(da
     assert sorted(p.name for p in first.path.parent.iterdir()) == [first.path.name]
 
 
+def test_a_failed_export_leaves_the_previous_file_whole(day_of_usage, tmp_path, monkeypatch):
+    hub = day_of_usage
+    target = tmp_path / "out" / "ontime.csv"
+    hub.billing.export_usage("ONTIME", DAY, DAY + timedelta(days=1), target)
+    before = target.read_bytes()
+    store(hub, [usage("LD-D", 0, register=1.0, increment=1.0)])
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("hub.services.billing.os.fsync", disk_full)
+    with pytest.raises(OSError):
+        hub.billing.export_usage("ONTIME", DAY, DAY + timedelta(days=1), target)
+    assert target.read_bytes() == before
+    assert [p.name for p in target.parent.iterdir()] == ["ontime.csv"]
+
+
 def test_period_bounds_days_are_whole_utc_days_and_datetimes_need_a_zone(hub):
     assert period_bound("2026-01-05") == DAY
     assert period_bound("2026-01-05", end=True) == DAY + timedelta(days=1)

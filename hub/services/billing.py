@@ -25,7 +25,7 @@ from hub.config import BillingSection
 from hub.db import Database, UTCDateTime, utcnow
 from hub.model import Cluster, CorrectionParameter, LogicalDevice, QuoteHistory
 from hub.services.errors import FieldError, InvalidInput, NotFound
-from hub.services.quality import FLAG_NAMES
+from hub.services.quality import FLAG_NAMES, Quality, quality_names
 
 Kind = Literal["ONTIME", "PAST"]
 KINDS: tuple[Kind, ...] = ("ONTIME", "PAST")
@@ -36,6 +36,7 @@ GLOBAL_PARAM = "global"
 MAX_REPORTED = 1000
 _STREAM_ROWS = 20_000
 _IN_CHUNK = 1000
+_COMMON_QUALITY = (Quality.VALID, Quality.MISSING, Quality.VALID | Quality.RECOLLECTED)
 _PURGE_STEP = {"usage_history": timedelta(hours=2), "quote_history": timedelta(days=1)}
 
 
@@ -158,8 +159,11 @@ def _usage_query(kind: Kind, include_missing: bool) -> dict[str, str]:
         wanted = "(status = 'recollected' OR (status = 'normal' AND recollected_increment IS NOT NULL))"
     if include_missing:
         wanted = f"({wanted} OR status = 'missing')"
-    label = " || ".join(f"CASE WHEN (quality & {int(flag)}) <> 0 THEN '{name} ' ELSE '' END"
-                        for flag, name in FLAG_NAMES.items())
+    spelled = " || ".join(f"CASE WHEN (quality & {int(flag)}) <> 0 THEN '{name} ' ELSE '' END"
+                          for flag, name in FLAG_NAMES.items())
+    # nearly every row is valid, missing or valid+recollected: answer those with one comparison
+    common = " ".join(f"WHEN {int(bits)} THEN '{' '.join(quality_names(bits))}'" for bits in _COMMON_QUALITY)
+    label = f"CASE quality WHEN 0 THEN NULL {common} ELSE NULLIF(RTRIM({spelled}), '') END"
     times = {
         # SQLAlchemy stores SQLite timestamps as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC, see hub.db)
         "sqlite": "substr(measured_time, 1, 10) || 'T' || substr(measured_time, 12, 8) || 'Z'",
@@ -171,7 +175,7 @@ def _usage_query(kind: Kind, include_missing: bool) -> dict[str, str]:
             f"SELECT ld_id, sub_number, {times[backend]} AS measured_time, "
             "CASE WHEN status = 'missing' THEN NULL ELSE register_value END AS register_value, "
             f"CASE WHEN status = 'missing' THEN NULL ELSE {increment} END AS increment, status, "
-            f"NULLIF(RTRIM({label}), '') AS quality "
+            f"{label} AS quality "
             f"FROM usage_history WHERE measured_time >= {param} AND measured_time < {param} "
             f"AND {wanted} ORDER BY usage_history.measured_time, ld_id, sub_number")
     return out
