@@ -315,3 +315,38 @@ async def test_the_subscriber_runs_with_the_application_when_enabled(catalog: Hu
     await client.close()
     assert not subscriber.connected.is_set()
     assert recorder.reads == [RegisterRead("LD-APP", 1, TIME_UTC, 9.5)]
+
+
+async def test_an_unknown_unit_is_recorded_in_the_alert_history(catalog: Hub, aiohttp_client: Any,
+                                                                tmp_path: Any) -> None:
+    from aiohttp import web
+    from sqlalchemy import select
+
+    from adapters.mqtt.lifecycle import MQTT_APP_KEY, UNKNOWN_UNIT_CODE, alert_unknown_units, setup_mqtt
+    from hub.model import Alert
+
+    broker_up()
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    table = tmp_path / "units.toml"
+    table.write_text(f'[[topic]]\nname = "e"\npattern = "{prefix}/{{unit_id}}"\nformat = "json"\n'
+                     '[topic.registers]\nkwh = 1\n')
+    catalog.settings.mqtt = MqttSection(enabled=True, host=BROKER[0], port=BROKER[1], client_id=f"hub-{prefix}",
+                                        persistent_session=False, mapping_file=table, flush_seconds=0.05)
+    recorder = Recorder()
+    app = web.Application()
+    setup_mqtt(app, catalog, recorder.ingest, alert_unknown_units(catalog))
+    client = await aiohttp_client(app)
+    subscriber = app[MQTT_APP_KEY]
+    await asyncio.wait_for(subscriber.connected.wait(), 5)
+    async with aiomqtt.Client(*BROKER) as publisher:
+        backlog = [{"time": when, "kwh": 1.0} for when in (TIME_JST, "2026-11-23T01:00:00Z")]
+        await publisher.publish(f"{prefix}/SN-ROGUE", json.dumps(backlog), qos=1)
+        await eventually(lambda: subscriber.stats["unknown_unit"] == 2, "both readings refused")
+    await client.close()
+    with catalog.db.session() as s:
+        alerts = [(a.source, a.severity, a.ld_id, a.details) for a in
+                  s.scalars(select(Alert).where(Alert.code == UNKNOWN_UNIT_CODE))]
+    assert recorder.reads == []
+    assert alerts == [("mqtt", "warning", None, {"unit_id": "SN-ROGUE", "readings": 2,
+                                                 "first_time": "2026-11-23T00:30:00+00:00",
+                                                 "last_time": "2026-11-23T01:00:00+00:00"})]

@@ -1,4 +1,5 @@
-"""Run the unit subscriber for as long as the web application runs, when ``[mqtt] enabled``."""
+"""Run the unit subscriber for as long as the web application runs, when ``[mqtt] enabled``;
+unknown units go to the alert history."""
 
 from __future__ import annotations
 
@@ -7,12 +8,31 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from adapters.mqtt.mapping import load_mapping
+from adapters.mqtt.payloads import UnitReading
 from adapters.mqtt.subscriber import Ingest, OnUnknown, UnitSubscriber
+from hub.services.diagnosis import AlertDraft
 
 if TYPE_CHECKING:
     from hub.runtime import Hub
 
 MQTT_APP_KEY: web.AppKey[UnitSubscriber] = web.AppKey("mqtt_units", UnitSubscriber)
+SOURCE = "mqtt"  # usage rows and alerts say where they came from
+UNKNOWN_UNIT_CODE = "mqtt.unknown-unit"
+
+
+def alert_unknown_units(hub: Hub) -> OnUnknown:
+    """An alert in the history (and to the NMS) for a unit whose readings were not stored."""
+
+    async def on_unknown(unit_id: str, readings: list[UnitReading]) -> None:
+        times = sorted(r.measured_time for r in readings)
+        draft = AlertDraft(code=UNKNOWN_UNIT_CODE, severity="warning", source=SOURCE,
+                           message=f"readings pushed by unknown unit {unit_id} were not stored: no installed "
+                                   "logical device has that serial or MAC",
+                           details={"unit_id": unit_id, "readings": len(readings),
+                                    "first_time": times[0].isoformat(), "last_time": times[-1].isoformat()})
+        await hub.run(hub.alerts.raise_alerts, [draft])
+
+    return on_unknown
 
 
 def setup_mqtt(app: web.Application, hub: Hub, ingest: Ingest, on_unknown: OnUnknown | None = None) -> None:

@@ -65,6 +65,7 @@ class UnitSubscriber:
         self._wake = asyncio.Event()
         self._alerted: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._flushing = asyncio.Lock()
 
     # lifecycle -----------------------------------------------------------------------------------
 
@@ -77,7 +78,7 @@ class UnitSubscriber:
                                                    "topics": self.topic_filters})
 
     async def stop(self) -> None:
-        """Disconnect, then store what was already received."""
+        """Disconnect, then store what was already received (a batch being stored is finished)."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -140,17 +141,19 @@ class UnitSubscriber:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.flush_seconds)
             self._wake.clear()
-            await self.flush()
+            await asyncio.shield(self.flush())  # cancelling the loop never cuts a store in half
 
     async def flush(self) -> None:
-        """Resolve and store every queued reading, in batches of ``batch_size``."""
-        while self._pending:
-            batch, self._pending = self._pending[:self.settings.batch_size], self._pending[self.settings.batch_size:]
-            try:
-                await self._store(batch)
-            except Exception:  # noqa: BLE001 - a failing store must not end the subscriber
-                self.stats["failed"] += len(batch)
-                log.exception("mqtt readings not stored", extra={"readings": len(batch)})
+        """Resolve and store every queued reading, in batches of ``batch_size``, one flush at a time."""
+        async with self._flushing:
+            while self._pending:
+                size = self.settings.batch_size
+                batch, self._pending = self._pending[:size], self._pending[size:]
+                try:
+                    await self._store(batch)
+                except Exception:  # noqa: BLE001 - a failing store must not end the subscriber
+                    self.stats["failed"] += len(batch)
+                    log.exception("mqtt readings not stored", extra={"readings": len(batch)})
 
     async def _store(self, batch: Sequence[tuple[TopicMapping, UnitReading]]) -> None:
         by_address: dict[int, list[UnitReading]] = {}
@@ -176,8 +179,8 @@ class UnitSubscriber:
             self.stats["rejected"] += len(refused)
             self.stats["stored"] += len(reads) - len(refused)
         for unit_id, readings in unknown.items():
-            self.stats["unknown_unit"] += len(readings)
             await self._report_unknown(unit_id, readings)
+            self.stats["unknown_unit"] += len(readings)
 
     async def _report_unknown(self, unit_id: str, readings: list[UnitReading]) -> None:
         log.warning("mqtt reading from unknown unit not stored",
@@ -190,7 +193,10 @@ class UnitSubscriber:
         if len(self._alerted) > 10_000:
             self._alerted.clear()
         self._alerted[unit_id] = now
-        await self._on_unknown(unit_id, readings)
+        try:
+            await self._on_unknown(unit_id, readings)
+        except Exception:  # noqa: BLE001 - the readings are refused either way; the alert is best effort
+            log.exception("mqtt unknown-unit alert not raised", extra={"unit_id": unit_id})
 
 
 def _payload_bytes(payload: Any) -> bytes:
