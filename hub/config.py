@@ -58,6 +58,23 @@ class RegistrySection(_Section):
     import_batch_size: int = Field(5000, ge=1, le=100_000)
 
 
+class CollectionSection(_Section):
+    """Scheduled collection and gap re-collection (seed 2.3.3, 2.3.4)."""
+
+    enabled: bool = Field(True, description="Run the collection scheduler in serve and demo.")
+    interval_minutes: int = Field(30, ge=1, le=1440, description="How often each head-end's due slots are "
+                                  "collected; meters keep a snapshot every 30 minutes.")
+    recollect_deadline_days: int = Field(45, ge=1, le=366, description="Missing rows older than this are no longer "
+                                         "re-read (the meters keep 44-60 days) and stay missing.")
+    recollect_every_minutes: int = Field(120, ge=1, le=10080, description="How often gaps are re-read, "
+                                         "half-way between collection ticks.")
+    backfill_hours: int = Field(24, ge=0, le=1440, description="Slots the hub missed (first start, downtime) "
+                                "read from the meters' memory, this far back.")
+    batch_size: int = Field(1000, ge=1, le=100_000, description="Meters per head-end request.")
+    request_timeout_s: float = Field(60.0, gt=0, le=3600, description="Longest wait for one head-end request, "
+                                     "unless the head-end's settings say timeout_s.")
+
+
 class DemoSection(_Section):
     meters: int = Field(300, ge=1, le=200_000)
     head_ends: int = Field(2, ge=1, le=50)
@@ -90,6 +107,16 @@ class MqttSection(_Section):
     reconnect_max_seconds: float = Field(60.0, ge=0.1, le=3600, description="Back-off cap between reconnects.")
 
 
+class BillingSection(_Section):
+    export_dir: Path | None = Field(None, description="Folder of billing files; empty means <data.dir>/billing.")
+    include_missing: bool = Field(True, description="Usage files list rows still missing (empty value, status "
+                                  "missing) so billing knows what is absent; false leaves them out.")
+    usage_retention_days: int = Field(60, ge=1, description="Usage rows older than this are purged "
+                                      "(the meter register history is kept two months).")
+    quote_retention_days: int = Field(1825, ge=1, description="Quote rows older than this are purged (60 months).")
+    batch_size: int = Field(5000, ge=1, le=100_000, description="Rows per statement in quote imports.")
+
+
 class AlertsSection(_Section):
     zero_run_slots: int = Field(12, ge=1, description="A run of zero increments longer than this many slots "
                                 "raises reading.zero-run.")
@@ -116,16 +143,6 @@ class NmsSection(_Section):
     resend_seconds: float = Field(60.0, ge=1, description="How often alerts the NMS did not get are sent again.")
 
 
-class BillingSection(_Section):
-    export_dir: Path | None = Field(None, description="Folder of billing files; empty means <data.dir>/billing.")
-    include_missing: bool = Field(True, description="Usage files list rows still missing (empty value, status "
-                                  "missing) so billing knows what is absent; false leaves them out.")
-    usage_retention_days: int = Field(60, ge=1, description="Usage rows older than this are purged "
-                                      "(the meter register history is kept two months).")
-    quote_retention_days: int = Field(1825, ge=1, description="Quote rows older than this are purged (60 months).")
-    batch_size: int = Field(5000, ge=1, le=100_000, description="Rows per statement in quote imports.")
-
-
 class Settings(BaseSettings):
     """All of the hub's settings. Build with :func:`load_settings`."""
 
@@ -142,10 +159,11 @@ class Settings(BaseSettings):
     http: HttpSection = HttpSection()
     log: LogSection = LogSection()
     registry: RegistrySection = RegistrySection()
+    collection: CollectionSection = CollectionSection()
     demo: DemoSection = DemoSection()
     openadr: OpenAdrSection = OpenAdrSection()
-    billing: BillingSection = BillingSection()
     mqtt: MqttSection = MqttSection()
+    billing: BillingSection = BillingSection()
     alerts: AlertsSection = AlertsSection()
     nms: NmsSection = NmsSection()
 

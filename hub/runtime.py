@@ -14,16 +14,19 @@ from typing import Any, TypeVar
 from hub import __version__
 from hub.config import Settings
 from hub.db import Database
+from hub.headends import HeadEndFactory, HeadEnds
 from hub.services.admin import AdminService
-from hub.services.billing import BillingService
 from hub.services.alerts import AlertService
+from hub.services.billing import BillingService
 from hub.services.certificates import CertificateService
+from hub.services.collection import CollectionService
 from hub.services.concentrators import ConcentratorService
 from hub.services.installation import InstallationService
 from hub.services.provisioning import ProvisioningService
 from hub.services.registry import RegistryService
 from hub.services.search import SearchService
 from hub.services.units import UnitService
+from hub.services.usage import UsageService
 
 T = TypeVar("T")
 
@@ -33,7 +36,8 @@ class Hub:
 
     version = __version__
 
-    def __init__(self, settings: Settings, db: Database | None = None) -> None:
+    def __init__(self, settings: Settings, db: Database | None = None,
+                 head_end_factory: HeadEndFactory | None = None) -> None:
         self.settings = settings
         self.db = db or Database.from_url(settings.database_url, pool_size=settings.database.pool_size,
                                           echo=settings.database.echo)
@@ -47,6 +51,11 @@ class Hub:
         self.concentrators = ConcentratorService(self.db, settings.registry)
         self.billing = BillingService(self.db, settings.billing, settings.billing_dir)
         self.alerts = AlertService(self.db)  # the NMS notifier is wired by the composition root
+        # head-ends are reached through the factory the composition root injects (None: no collection)
+        self.head_ends = HeadEnds(self.db, head_end_factory, batch_size=settings.collection.batch_size,
+                                  timeout_s=settings.collection.request_timeout_s)
+        self.collection = CollectionService(self.db, settings.collection, self.head_ends, self.run)
+        self.usage = UsageService(self.db)
         self._pool = ThreadPoolExecutor(max_workers=settings.database.pool_size, thread_name_prefix="hub-db")
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

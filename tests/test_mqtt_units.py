@@ -317,6 +317,49 @@ async def test_the_subscriber_runs_with_the_application_when_enabled(catalog: Hu
     assert recorder.reads == [RegisterRead("LD-APP", 1, TIME_UTC, 9.5)]
 
 
+async def test_pushed_readings_reach_the_usage_history_and_unknown_units_the_alert_history(
+        catalog: Hub, aiohttp_client: Any, tmp_path: Any) -> None:
+    """The wiring the hub runs with: collection's ingest (same path as polled reads) and alerts."""
+    from aiohttp import web
+    from sqlalchemy import select
+
+    from adapters.mqtt.lifecycle import MQTT_APP_KEY, UNKNOWN_UNIT_CODE, install
+    from hub.model import Alert, UsageHistory
+
+    broker_up()
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    table = tmp_path / "units.toml"
+    table.write_text(f'[[topic]]\nname = "e"\npattern = "{prefix}/{{unit_id}}"\nformat = "json"\n'
+                     '[topic.registers]\nkwh = 1\n')
+    register_unit(catalog, "LD-PUSHED", serial="SN-PUSHED")
+    catalog.settings.mqtt = MqttSection(enabled=True, host=BROKER[0], port=BROKER[1], client_id=f"hub-{prefix}",
+                                        persistent_session=False, mapping_file=table, flush_seconds=0.05)
+    app = web.Application()
+    install(app, catalog)
+    client = await aiohttp_client(app)
+    subscriber = app[MQTT_APP_KEY]
+    await asyncio.wait_for(subscriber.connected.wait(), 5)
+    async with aiomqtt.Client(*BROKER) as publisher:
+        for payload in ({"time": "2026-11-23T09:00:00+09:00", "kwh": 100.0}, {"time": TIME_JST, "kwh": 101.5},
+                        {"time": TIME_JST, "kwh": 101.5}):  # the last one as a broker redelivery would be
+            await publisher.publish(f"{prefix}/SN-PUSHED", json.dumps(payload), qos=1)
+        await publisher.publish(f"{prefix}/SN-NOBODY", json.dumps({"time": TIME_JST, "kwh": 1.0}), qos=1)
+        await eventually(lambda: subscriber.stats["stored"] == 3 and subscriber.stats["unknown_unit"] == 1,
+                         "three stored reads and one unknown-unit reading")
+    await client.close()
+    with catalog.db.session() as s:
+        rows = s.execute(select(UsageHistory.ld_id, UsageHistory.measured_time, UsageHistory.register_value,
+                                UsageHistory.source).order_by(UsageHistory.ld_id, UsageHistory.measured_time)).all()
+        alerts = s.scalars(select(Alert).where(Alert.code == UNKNOWN_UNIT_CODE)).all()
+        alert_view = [(a.source, a.details["unit_id"], a.details["readings"]) for a in alerts]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows if r[2] is not None] == [
+        ("LD-PUSHED", datetime(2026, 11, 23, 0, 0, tzinfo=UTC), 100.0, "mqtt"),
+        ("LD-PUSHED", TIME_UTC, 101.5, "mqtt"),
+    ]
+    assert not any(r[0] == "SN-NOBODY" for r in rows)
+    assert alert_view == [("mqtt", "SN-NOBODY", 1)]
+
+
 async def test_an_unknown_unit_is_recorded_in_the_alert_history(catalog: Hub, aiohttp_client: Any,
                                                                 tmp_path: Any) -> None:
     from aiohttp import web

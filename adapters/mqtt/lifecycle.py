@@ -1,15 +1,17 @@
-"""Run the unit subscriber for as long as the web application runs, when ``[mqtt] enabled``;
-unknown units go to the alert history."""
+"""Run the unit subscriber for as long as the web application runs, when ``[mqtt] enabled``:
+readings go to the collection service's ingest (the polled reads' path) and unknown units to the
+alert history."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from adapters.mqtt.mapping import load_mapping
 from adapters.mqtt.payloads import UnitReading
 from adapters.mqtt.subscriber import Ingest, OnUnknown, UnitSubscriber
+from hub.ports import RegisterRead
 from hub.services.diagnosis import AlertDraft
 
 if TYPE_CHECKING:
@@ -18,6 +20,15 @@ if TYPE_CHECKING:
 MQTT_APP_KEY: web.AppKey[UnitSubscriber] = web.AppKey("mqtt_units", UnitSubscriber)
 SOURCE = "mqtt"  # usage rows and alerts say where they came from
 UNKNOWN_UNIT_CODE = "mqtt.unknown-unit"
+
+
+def install(app: web.Application, hub: Hub) -> None:
+    """Wire the subscriber to ``hub.collection.ingest_reads`` and ``hub.alerts``."""
+
+    async def ingest(reads: list[RegisterRead]) -> dict[str, Any]:
+        return await hub.run(hub.collection.ingest_reads, reads, SOURCE)
+
+    setup_mqtt(app, hub, ingest, alert_unknown_units(hub))
 
 
 def alert_unknown_units(hub: Hub) -> OnUnknown:

@@ -15,6 +15,7 @@ new bits. Names are what the API shows.
 | 7 | 128 | negative-increment | the register went backwards (meter replacement): kept negative for billing to correct |
 | 8 | 256 | spans-gap | the increment covers more than one interval, because earlier snapshots are missing |
 | 9 | 512 | recalculated | ``recollected_increment`` holds the increment recomputed after a gap before it was filled |
+| 10 | 1024 | expired | still missing past the collection deadline: no longer re-read, missing for good |
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Quality(IntFlag):
     NEGATIVE_INCREMENT = 128
     SPANS_GAP = 256
     RECALCULATED = 512
+    EXPIRED = 1024
 
 
 FLAG_NAMES: dict[Quality, str] = {flag: (flag.name or "").lower().replace("_", "-") for flag in Quality}
