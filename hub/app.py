@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from hub.config import Settings
 from hub.runtime import Hub
 
 log = logging.getLogger("mdmhub.http")
@@ -38,6 +39,26 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if db_ok else 503)
 
 
+def make_hub(settings: Settings) -> Hub:
+    """The hub with its head-end adapters (the simulator and any registered adapter) plugged in."""
+    from adapters.headend import build_head_end
+
+    return Hub(settings, head_end_factory=build_head_end)
+
+
+def _run_scheduler(app: web.Application, hub: Hub) -> None:
+    """Collect on schedule while the application runs (when enabled and head-ends are reachable)."""
+
+    async def start(_: web.Application) -> None:
+        await hub.scheduler.start()
+
+    async def stop(_: web.Application) -> None:
+        await hub.scheduler.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+
 def create_app(hub: Hub) -> web.Application:
     """Build the application with every edge mounted; the caller owns the hub's lifetime."""
     from adapters.rest import setup_rest  # composition root: the one place the core wires edges in
@@ -51,6 +72,12 @@ def create_app(hub: Hub) -> web.Application:
     shell.get("/health", summary="Liveness and database reachability, with the hub's version", tag="meta",
               responses={503: "database unreachable"})(health)
     setup_rest(app, hub, shell)
+    if hub.settings.collection.enabled and hub.head_ends.available:
+        _run_scheduler(app, hub)
+    if hub.settings.mqtt.enabled:
+        from adapters.mqtt.lifecycle import install as install_mqtt
+
+        install_mqtt(app, hub)
     if hub.settings.nms.enabled:
         from adapters.nms import install as install_nms
 

@@ -62,11 +62,11 @@ def main(ctx: click.Context, config: Path | None) -> None:
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the hub (migrating the database first)."""
     from hub.migrate import upgrade
-    from hub.runtime import Hub
+    from hub.app import make_hub
     from hub.server import serve as run_server
 
     settings = _merge(_sections(http_host=host, http_port=port), ctx)
-    hub = Hub(settings)
+    hub = make_hub(settings)
     upgrade(hub.db.engine)
     try:
         asyncio.run(run_server(hub, settings.http.host, settings.http.port))
@@ -84,11 +84,11 @@ def demo(ctx: click.Context, port: int | None, meters: int | None, data_dir: Pat
     """Start the hub on SQLite with demo head-ends and meters."""
     from hub.demo import seed_demo
     from hub.migrate import upgrade
-    from hub.runtime import Hub
+    from hub.app import make_hub
     from hub.server import serve as run_server
 
     settings = _merge(_sections(http_port=port, demo_meters=meters, data_dir=data_dir), ctx)
-    hub = Hub(settings)
+    hub = make_hub(settings)
     upgrade(hub.db.engine)
     summary = seed_demo(hub)
     click.echo(f"demo data in {settings.database_url}: {summary}")

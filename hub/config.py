@@ -73,17 +73,80 @@ class CollectionSection(_Section):
     batch_size: int = Field(1000, ge=1, le=100_000, description="Meters per head-end request.")
     request_timeout_s: float = Field(60.0, gt=0, le=3600, description="Longest wait for one head-end request, "
                                      "unless the head-end's settings say timeout_s.")
+    tick_delay_s: float = Field(5.0, ge=0, le=600, description="Seconds after each interval boundary the cycle "
+                                "starts, so meters have taken their snapshot.")
+
+
+class ThrottleSection(_Section):
+    """Limits on head-end requests in flight, shared by controls, collection, re-collection and reboots
+    (handed out in that priority order). A head-end row's settings may override any key under
+    ``throttle`` (and its ``concurrency`` overrides ``head_end_concurrency``)."""
+
+    head_end_concurrency: int = Field(8, ge=1, le=10_000, description="Requests in flight at once per head-end.")
+    concentrator_concurrency: int = Field(2, ge=1, le=1000, description="Single-meter requests (controls, "
+                                          "status, reboots) in flight at once per concentrator.")
+    recollect_share: float = Field(0.75, gt=0, le=1, description="Part of a limit re-collection may hold at once.")
+    reboot_share: float = Field(0.5, gt=0, le=1, description="Part of a limit reboots may hold at once, so "
+                                "collection and controls always find a free slot during a mass reboot.")
+
+
+class ControlsSection(_Section):
+    """Meter controls and mass reboot jobs (seed 2.3.8 to 2.3.10)."""
+
+    reboot_workers: int = Field(64, ge=1, le=10_000, description="Reboot requests a mass reboot job keeps "
+                                "queued at once (the throttle decides how many run).")
+    progress_every: int = Field(100, ge=1, le=100_000, description="Device results per progress write of a job.")
+    failures_shown: int = Field(100, ge=0, le=10_000, description="Per-device failures listed in a job's view "
+                                "(all are in the controls history).")
 
 
 class DemoSection(_Section):
     meters: int = Field(300, ge=1, le=200_000)
+    failure_rate: float = Field(0.02, ge=0, le=1, description="Share of (meter, slot) reads the simulated "
+                                "head-ends miss, so gaps appear and re-collection fills them.")
     head_ends: int = Field(2, ge=1, le=50)
     seed: int = 1
 
 
+class VtnSection(_Section):
+    """One VTN the VEN registers with (``[[openadr.vtns]]``); empty fields take the ``[openadr]`` value."""
+
+    vtn_url: str = Field(min_length=1, description="Base URL, e.g. https://vtn.example/OpenADR2/Simple/2.0b.")
+    ven_name: str | None = None
+    ven_id: str | None = None
+    vtn_id: str | None = Field(None, description="Expected vtnID; events from another are refused.")
+    market_context: str | None = Field(None, description="Only events of this market context are acted on; "
+                                       "empty accepts any.")
+    vtn_fingerprint: str | None = None
+
+
 class OpenAdrSection(_Section):
+    """The OpenADR 2.0b VEN and meter ADR (see docs/openadr.md)."""
+
     vtn_url: str | None = None
     ven_name: str = "mdmhub"
+    ven_id: str | None = Field(None, description="venID to ask for; empty lets the VTN assign one.")
+    vtn_id: str | None = Field(None, description="Expected vtnID of vtn_url; empty accepts any.")
+    market_context: str | None = Field(None, description="Market context of vtn_url's events; empty accepts any.")
+    vtns: list[VtnSection] = Field(default_factory=list, description="Further VTNs, each with its market context.")
+    poll_interval_s: float = Field(10.0, ge=0.1, le=86400, description="Shortest time between polls; the "
+                                   "VTN's requested frequency is used when it is slower.")
+    retry_max_s: float = Field(300.0, ge=0.1, le=86400, description="Back-off cap while the VTN is unreachable.")
+    cert_file: Path | None = Field(None, description="PEM client certificate (TLS client auth and signing).")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file.")
+    key_passphrase: str | None = None
+    ca_file: Path | None = Field(None, description="CA bundle that verifies the VTN's TLS certificate.")
+    check_hostname: bool = True
+    sign_messages: bool = Field(False, description="Sign outgoing payloads (XML DSig) with cert_file/key_file.")
+    vtn_fingerprint: str | None = Field(None, description="Fingerprint of the VTN's certificate; when set, "
+                                        "unsigned or differently signed payloads are refused.")
+    mapping_file: Path | None = Field(None, description="Target and signal mapping; empty means "
+                                      "mappings/openadr.toml.")
+    policy_timezone: str = Field("Asia/Tokyo", description="Time zone of ADR policies' days and hours.")
+    answer_grace_s: float = Field(0.5, ge=0, le=30, description="Longest the opt answer waits for a first "
+                                  "reservation outcome; later outcomes go to the action history only.")
+    fanout_concurrency: int = Field(512, ge=1, le=100_000, description="Metering points whose reservations "
+                                    "are in progress at once (each head-end's own concurrency still applies).")
 
 
 class MqttSection(_Section):
@@ -143,6 +206,17 @@ class NmsSection(_Section):
     resend_seconds: float = Field(60.0, ge=1, description="How often alerts the NMS did not get are sent again.")
 
 
+class CimSection(_Section):
+    """The IEC 61968-9 / 61968-100 edge (/cim/messages, /cim/soap)."""
+
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024,
+                                   description="Largest 61968-100 message accepted; larger ones are refused unread.")
+    reply_addresses: list[str] = Field(default_factory=list,
+                                       description="URL prefixes asynchronous replies may be sent to (allow-list).")
+    reply_timeout_s: float = Field(30.0, gt=0, description="Time allowed to deliver one asynchronous reply.")
+    source: str = Field("mdmhub", description="Header/Source of the messages the hub sends.")
+
+
 class Settings(BaseSettings):
     """All of the hub's settings. Build with :func:`load_settings`."""
 
@@ -160,12 +234,15 @@ class Settings(BaseSettings):
     log: LogSection = LogSection()
     registry: RegistrySection = RegistrySection()
     collection: CollectionSection = CollectionSection()
+    throttle: ThrottleSection = ThrottleSection()
+    controls: ControlsSection = ControlsSection()
     demo: DemoSection = DemoSection()
     openadr: OpenAdrSection = OpenAdrSection()
     mqtt: MqttSection = MqttSection()
     billing: BillingSection = BillingSection()
     alerts: AlertsSection = AlertsSection()
     nms: NmsSection = NmsSection()
+    cim: CimSection = CimSection()
 
     @classmethod
     def settings_customise_sources(

@@ -42,9 +42,11 @@ def demo_rows(count: int, seed: int, head_ends: int = 2) -> list[dict[str, Any]]
     return rows
 
 
-def seed_catalogue(hub: Hub, *, head_ends: int = 2, capacity: int = 20_000) -> None:
+def seed_catalogue(hub: Hub, *, head_ends: int = 2, capacity: int = 20_000,
+                   simulator: dict[str, Any] | None = None) -> None:
     """The demo catalogue: parameter group 1 (energy, max current), PD type 11, LD type 101,
-    concentrator type 2, head-ends 1..``head_ends`` with ``capacity`` each, and three clusters."""
+    concentrator type 2, head-ends 1..``head_ends`` with ``capacity`` each (simulated, with the
+    ``simulator`` settings), and three clusters."""
     from hub.model import Cluster
 
     hub.admin.create_parameter_group(METER_GROUP)
@@ -53,7 +55,7 @@ def seed_catalogue(hub: Hub, *, head_ends: int = 2, capacity: int = 20_000) -> N
     hub.admin.create_type("concentrator", DeviceTypeIn(type_id=2, name="concentrator"))
     for he_id in range(1, head_ends + 1):
         hub.admin.create_head_end(HeadEndIn(he_id=he_id, name=f"head-end {he_id}", adapter="simulator",
-                                            capacity=capacity, settings={"seed": he_id}))
+                                            capacity=capacity, settings={"seed": he_id, **(simulator or {})}))
     with hub.db.session() as s:
         for cluster_id in CLUSTERS:
             s.add(Cluster(cluster_id=cluster_id, name=cluster_id.replace("-", " "), area="demo"))
@@ -68,7 +70,7 @@ def seed_demo(hub: Hub) -> str:
         return "already seeded"
     except NotFound:
         pass
-    seed_catalogue(hub, head_ends=settings.head_ends)
+    seed_catalogue(hub, head_ends=settings.head_ends, simulator={"failure_rate": settings.failure_rate})
     report = hub.registry.import_json(demo_rows(settings.meters, settings.seed, settings.head_ends), atomic=True)
     if report.failed:
         raise RuntimeError(f"demo seeding failed: {report.as_dict()['errors'][:3]}")

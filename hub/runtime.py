@@ -9,12 +9,14 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from hub import __version__
 from hub.config import Settings
 from hub.db import Database
 from hub.headends import HeadEndFactory, HeadEnds
+from hub.scheduler import CollectionScheduler
 from hub.services.admin import AdminService
 from hub.services.alerts import AlertService
 from hub.services.billing import BillingService
@@ -56,6 +58,10 @@ class Hub:
                                   timeout_s=settings.collection.request_timeout_s)
         self.collection = CollectionService(self.db, settings.collection, self.head_ends, self.run)
         self.usage = UsageService(self.db)
+        self.scheduler = CollectionScheduler(
+            self.collection, self.head_ends.he_ids, interval=timedelta(minutes=settings.collection.interval_minutes),
+            recollect_every=timedelta(minutes=settings.collection.recollect_every_minutes),
+            tick_delay=timedelta(seconds=settings.collection.tick_delay_s))
         self._pool = ThreadPoolExecutor(max_workers=settings.database.pool_size, thread_name_prefix="hub-db")
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
