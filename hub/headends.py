@@ -2,10 +2,13 @@
 application injects (the core imports no adapter), used within that head-end's limits.
 
 A head-end row's ``settings`` carry, beside whatever its adapter reads, ``concurrency`` (requests
-in flight at once, default 8) and ``timeout_s`` (how long one request may take, default
-``[collection] request_timeout_s``). Batch reads are cut into requests of ``[collection]
-batch_size`` meters; a request that fails or times out as a whole fails every meter in it, and
-the other requests carry on, so one slow or broken head-end never holds up anything else.
+in flight at once, default ``[throttle] head_end_concurrency``), ``timeout_s`` (how long one
+request may take, default ``[collection] request_timeout_s``) and ``throttle`` (overrides of the
+``[throttle]`` keys for this head-end; the hub reads it, the adapter never sees it). Requests are
+handed out by priority within those limits (:mod:`hub.throttle`): controls, collection,
+re-collection, reboots. Batch reads are cut into requests of ``[collection] batch_size`` meters;
+a request that fails or times out as a whole fails every meter in it, and the other requests
+carry on, so one slow or broken head-end never holds up anything else.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +26,7 @@ from hub.db import Database
 from hub.model import HeadEnd as HeadEndRow
 from hub.ports import HeadEnd, HeadEndError, HeadEndTimeout, MeterRef, ReadResult
 from hub.services.errors import NotFound
+from hub.throttle import Priority, Throttle, ThrottleLimits
 
 log = logging.getLogger("mdmhub.headends")
 
@@ -29,6 +34,8 @@ HeadEndFactory = Callable[[int, str, Mapping[str, Any]], HeadEnd]
 """Builds the port implementation of head-end ``he_id`` from its row's ``adapter`` and ``settings``."""
 
 DEFAULT_CONCURRENCY = 8
+HUB_KEYS = frozenset({"throttle"})
+"""Head-end row settings the hub reads itself and does not pass to the adapter."""
 
 
 class AdapterError(HeadEndError):
@@ -49,35 +56,43 @@ class HeadEndSpec:
 
 
 class HeadEndAccess:
-    """A head-end's port used within its concurrency limit and request timeout."""
+    """A head-end's port used within its throttle (priority slots per head-end and concentrator)
+    and its request timeout."""
 
-    def __init__(self, port: HeadEnd, *, concurrency: int, timeout_s: float, batch_size: int) -> None:
+    def __init__(self, port: HeadEnd, *, concurrency: int | None = None, timeout_s: float, batch_size: int,
+                 limits: ThrottleLimits | None = None) -> None:
         self.port = port
         self.he_id = port.he_id
-        self.concurrency = max(1, concurrency)
+        base = limits or ThrottleLimits()
+        if concurrency is not None:
+            base = ThrottleLimits(max(1, concurrency), base.concentrator, base.recollect_share, base.reboot_share)
+        self.throttle = Throttle(base)
+        self.concurrency = base.head_end
         self.timeout_s = timeout_s
         self.batch_size = max(1, batch_size)
-        self._semaphore: asyncio.Semaphore | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _limit(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        if self._semaphore is None or self._loop is not loop:
-            self._semaphore, self._loop = asyncio.Semaphore(self.concurrency), loop
-        return self._semaphore
+    def slot(self, priority: Priority = Priority.COLLECTION,
+             concentrator: Hashable | None = None) -> AbstractAsyncContextManager[None]:
+        """A request slot of this head-end (and of ``concentrator``, for single-meter work)."""
+        return self.throttle.slot(priority, concentrator)
 
-    async def call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """One request: waits for a free slot, then at most ``timeout_s`` (HeadEndTimeout after)."""
-        async with self._limit():
-            try:
-                return await asyncio.wait_for(fn(*args), self.timeout_s)
-            except TimeoutError:
-                raise HeadEndTimeout(f"head-end {self.he_id} did not answer within {self.timeout_s} s") from None
+    async def request(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """One request without taking a slot (the caller holds one): at most ``timeout_s``."""
+        try:
+            return await asyncio.wait_for(fn(*args), self.timeout_s)
+        except TimeoutError:
+            raise HeadEndTimeout(f"head-end {self.he_id} did not answer within {self.timeout_s} s") from None
 
-    async def _batch(self, fn: Callable[..., Awaitable[ReadResult]], batch: Sequence[MeterRef],
+    async def call(self, fn: Callable[..., Awaitable[Any]], *args: Any, priority: Priority = Priority.COLLECTION,
+                   concentrator: Hashable | None = None) -> Any:
+        """One request: waits for a slot at ``priority``, then at most ``timeout_s`` (HeadEndTimeout after)."""
+        async with self.slot(priority, concentrator):
+            return await self.request(fn, *args)
+
+    async def _batch(self, fn: Callable[..., Awaitable[ReadResult]], priority: Priority, batch: Sequence[MeterRef],
                      *args: Any) -> tuple[Sequence[MeterRef], ReadResult]:
         try:
-            result = await self.call(fn, batch, *args)
+            result = await self.call(fn, batch, *args, priority=priority)
         except HeadEndError as e:
             return batch, ReadResult(failures={m.ld_id: e for m in batch})
         except Exception as e:  # noqa: BLE001 - an adapter bug must not stop the cycle
@@ -86,9 +101,9 @@ class HeadEndAccess:
             return batch, ReadResult(failures={m.ld_id: error for m in batch})
         return batch, result
 
-    async def _batches(self, fn: Callable[..., Awaitable[ReadResult]], meters: Sequence[MeterRef],
+    async def _batches(self, fn: Callable[..., Awaitable[ReadResult]], priority: Priority, meters: Sequence[MeterRef],
                        *args: Any) -> AsyncIterator[tuple[Sequence[MeterRef], ReadResult]]:
-        tasks = [asyncio.ensure_future(self._batch(fn, meters[i:i + self.batch_size], *args))
+        tasks = [asyncio.ensure_future(self._batch(fn, priority, meters[i:i + self.batch_size], *args))
                  for i in range(0, len(meters), self.batch_size)]
         try:
             for done in asyncio.as_completed(tasks):
@@ -97,14 +112,17 @@ class HeadEndAccess:
             for task in tasks:
                 task.cancel()
 
-    def read_registers(self, meters: Sequence[MeterRef], at: datetime,
-                       sub_numbers: Sequence[int]) -> AsyncIterator[tuple[Sequence[MeterRef], ReadResult]]:
+    def read_registers(self, meters: Sequence[MeterRef], at: datetime, sub_numbers: Sequence[int], *,
+                       priority: Priority = Priority.COLLECTION
+                       ) -> AsyncIterator[tuple[Sequence[MeterRef], ReadResult]]:
         """Requests of ``batch_size`` meters, as each completes: (its meters, what it returned)."""
-        return self._batches(self.port.read_registers, meters, at, list(sub_numbers))
+        return self._batches(self.port.read_registers, priority, meters, at, list(sub_numbers))
 
-    def read_history(self, meters: Sequence[MeterRef], start: datetime, end: datetime,
-                     sub_numbers: Sequence[int]) -> AsyncIterator[tuple[Sequence[MeterRef], ReadResult]]:
-        return self._batches(self.port.read_history, meters, start, end, list(sub_numbers))
+    def read_history(self, meters: Sequence[MeterRef], start: datetime, end: datetime, sub_numbers: Sequence[int], *,
+                     priority: Priority = Priority.COLLECTION) -> AsyncIterator[tuple[Sequence[MeterRef], ReadResult]]:
+        """As :meth:`read_registers`, from the meters' memory; re-collection passes
+        ``Priority.RECOLLECTION`` so it yields to the scheduled cycle and to controls."""
+        return self._batches(self.port.read_history, priority, meters, start, end, list(sub_numbers))
 
 
 class HeadEnds:
@@ -112,11 +130,12 @@ class HeadEnds:
     kept while the row's adapter and settings stay the same (a simulator keeps its state)."""
 
     def __init__(self, db: Database, factory: HeadEndFactory | None, *, batch_size: int = 1000,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, limits: ThrottleLimits | None = None) -> None:
         self.db = db
         self.factory = factory
         self.batch_size = batch_size
         self.timeout_s = timeout_s
+        self.limits = limits or ThrottleLimits(head_end=DEFAULT_CONCURRENCY)
         self._built: dict[int, tuple[str, HeadEndAccess]] = {}
 
     @property
@@ -144,11 +163,15 @@ class HeadEnds:
         cached = self._built.get(spec.he_id)
         if cached is not None and cached[0] == spec.fingerprint:
             return cached[1]
-        port = self.factory(spec.he_id, spec.adapter, spec.settings)
-        concurrency = spec.settings.get("concurrency") or DEFAULT_CONCURRENCY
+        try:
+            limits = ThrottleLimits.from_settings(self.limits, spec.settings.get("throttle"))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"head-end {spec.he_id} settings: throttle: {e}") from e
+        port = self.factory(spec.he_id, spec.adapter, {k: v for k, v in spec.settings.items() if k not in HUB_KEYS})
+        concurrency = spec.settings.get("concurrency")
         timeout_s = spec.settings.get("timeout_s") or self.timeout_s
-        access = HeadEndAccess(port, concurrency=int(concurrency), timeout_s=float(timeout_s),
-                               batch_size=self.batch_size)
+        access = HeadEndAccess(port, concurrency=int(concurrency) if concurrency else None, timeout_s=float(timeout_s),
+                               batch_size=self.batch_size, limits=limits)
         self._built[spec.he_id] = (spec.fingerprint, access)
         return access
 
