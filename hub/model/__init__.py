@@ -1,6 +1,7 @@
 """The canonical model (SQLModel tables). Importing this package registers every table."""
 
 from hub.model.adr import AdrAction, AdrEvent, AdrPolicy
+from hub.model.adr_reservations import AdrReservation
 from hub.model.base import CommsSettings
 from hub.model.catalog import (
     ConcentratorType,
@@ -10,6 +11,7 @@ from hub.model.catalog import (
     PhysicalDeviceType,
 )
 from hub.model.collection import CollectionLog, CollectionRun
+from hub.model.controls import ControlAction, ControlJob
 from hub.model.customers import (
     Cluster,
     CorrectionParameter,
@@ -32,8 +34,8 @@ from sqlmodel import SQLModel
 metadata = SQLModel.metadata
 
 __all__ = [
-    "AdrAction", "AdrEvent", "AdrPolicy", "Alert", "Certificate", "Cluster", "CollectionLog",
-    "CollectionRun", "CommsSettings",
+    "AdrAction", "AdrEvent", "AdrPolicy", "AdrReservation", "Alert", "Certificate", "Cluster", "CollectionLog",
+    "CollectionRun", "CommsSettings", "ControlAction", "ControlJob",
     "Concentrator", "ConcentratorComms", "ConcentratorType", "CorrectionParameter", "Customer",
     "CustomerLogicalDevice", "DisplayTerminal", "HeadEnd", "LogicalDevice", "LogicalDeviceType",
     "ParameterGroup", "ParameterGroupItem", "PhysicalDevice", "PhysicalDeviceComms",
