@@ -18,6 +18,7 @@ from hub.db import Database
 from hub.headends import HeadEndFactory, HeadEnds
 from hub.scheduler import CollectionScheduler
 from hub.services.admin import AdminService
+from hub.services.adr import AdrService
 from hub.services.alerts import AlertService
 from hub.services.billing import BillingService
 from hub.services.certificates import CertificateService
@@ -58,6 +59,7 @@ class Hub:
                                   timeout_s=settings.collection.request_timeout_s)
         self.collection = CollectionService(self.db, settings.collection, self.head_ends, self.run)
         self.usage = UsageService(self.db)
+        self.adr = AdrService(self.db, self.head_ends, self.run, settings.openadr)
         self.scheduler = CollectionScheduler(
             self.collection, self.head_ends.he_ids, interval=timedelta(minutes=settings.collection.interval_minutes),
             recollect_every=timedelta(minutes=settings.collection.recollect_every_minutes),
