@@ -217,6 +217,32 @@ class CimSection(_Section):
     source: str = Field("mdmhub", description="Header/Source of the messages the hub sends.")
 
 
+class AccessSection(_Section):
+    """API clients, portal logins and the access log (see docs/public-api.md)."""
+
+    lock_after_failures: int = Field(5, ge=1, le=100, description="Failed logins in a row that lock a portal account.")
+    temporary_password_hours: float = Field(24.0, gt=0, le=720, description="How long an issued temporary "
+                                            "password may be used (only to set a new one).")
+    session_hours: float = Field(12.0, gt=0, le=720, description="Lifetime of a portal login.")
+    default_rate_per_minute: int = Field(600, ge=1, description="Requests per minute an API client may make "
+                                         "unless its own limit says otherwise.")
+
+
+class PrivacySection(_Section):
+    """Privacy before secondary use (seed 002)."""
+
+    k_anonymity: int = Field(5, ge=1, le=10_000, description="Aggregates over fewer distinct customers than this "
+                             "are suppressed.")
+    timezone: str = Field("Asia/Tokyo", description="Time zone of days and months in aggregates and files.")
+
+
+class DeliverySection(_Section):
+    """Daily CSV files of 30-minute energy, fetched over HTTPS with the client's key (seed 000)."""
+
+    dir: Path | None = Field(None, description="Folder of delivery files; empty means <data.dir>/delivery.")
+    retention_days: int = Field(45, ge=1, le=3660, description="Files older than this are deleted.")
+
+
 class Settings(BaseSettings):
     """All of the hub's settings. Build with :func:`load_settings`."""
 
@@ -242,6 +268,9 @@ class Settings(BaseSettings):
     billing: BillingSection = BillingSection()
     alerts: AlertsSection = AlertsSection()
     nms: NmsSection = NmsSection()
+    access: AccessSection = AccessSection()
+    privacy: PrivacySection = PrivacySection()
+    delivery: DeliverySection = DeliverySection()
     cim: CimSection = CimSection()
 
     @classmethod

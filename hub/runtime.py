@@ -30,6 +30,10 @@ from hub.services.registry import RegistryService
 from hub.services.search import SearchService
 from hub.services.units import UnitService
 from hub.services.usage import UsageService
+from hub.services.access import AccessService
+from hub.services.delivery import DeliveryService
+from hub.services.portal import PortalService
+from hub.services.public import PublicDataService
 
 T = TypeVar("T")
 
@@ -59,6 +63,10 @@ class Hub:
                                   timeout_s=settings.collection.request_timeout_s)
         self.collection = CollectionService(self.db, settings.collection, self.head_ends, self.run)
         self.usage = UsageService(self.db)
+        self.access = AccessService(self.db, settings.access)  # one caller resolution for every edge
+        self.public = PublicDataService(self.db, settings.privacy)
+        self.portal = PortalService(self.db, self.access, self.public)
+        self.delivery = DeliveryService(self.db, settings.delivery, settings.privacy, settings.data.dir)
         self.adr = AdrService(self.db, self.head_ends, self.run, settings.openadr)
         self.scheduler = CollectionScheduler(
             self.collection, self.head_ends.he_ids, interval=timedelta(minutes=settings.collection.interval_minutes),

@@ -1,5 +1,6 @@
 """The canonical model (SQLModel tables). Importing this package registers every table."""
 
+from hub.model.access import AccessLog, ApiClient, DeliveryGroup, PortalSession
 from hub.model.adr import AdrAction, AdrEvent, AdrPolicy
 from hub.model.adr_reservations import AdrReservation
 from hub.model.base import CommsSettings
@@ -34,6 +35,7 @@ from sqlmodel import SQLModel
 metadata = SQLModel.metadata
 
 __all__ = [
+    "AccessLog", "ApiClient", "DeliveryGroup", "PortalSession",
     "AdrAction", "AdrEvent", "AdrPolicy", "AdrReservation", "Alert", "Certificate", "Cluster", "CollectionLog",
     "CollectionRun", "CommsSettings", "ControlAction", "ControlJob",
     "Concentrator", "ConcentratorComms", "ConcentratorType", "CorrectionParameter", "Customer",
