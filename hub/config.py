@@ -178,6 +178,18 @@ class BillingSection(_Section):
                                       "(the meter register history is kept two months).")
     quote_retention_days: int = Field(1825, ge=1, description="Quote rows older than this are purged (60 months).")
     batch_size: int = Field(5000, ge=1, le=100_000, description="Rows per statement in quote imports.")
+    use_estimates: bool = Field(False, description="Usage files carry estimates (docs/quality.md) in place of "
+                                "missing rows; by default they carry actual and re-collected values only and "
+                                "list what is missing.")
+
+
+class EstimationSection(_Section):
+    """Estimates of missing snapshots for visualisation and the dashboard (docs/quality.md)."""
+
+    max_gap_slots: int = Field(8, ge=0, le=1440, description="Longest gap (missing 30-minute slots between two "
+                               "values) estimated by linear interpolation; longer gaps stay missing.")
+    max_flat_slots: int = Field(4, ge=0, le=1440, description="How many slots after the last value (or before "
+                                "the first) are estimated flat; further ones stay missing.")
 
 
 class AlertsSection(_Section):
@@ -266,6 +278,7 @@ class Settings(BaseSettings):
     openadr: OpenAdrSection = OpenAdrSection()
     mqtt: MqttSection = MqttSection()
     billing: BillingSection = BillingSection()
+    estimation: EstimationSection = EstimationSection()
     alerts: AlertsSection = AlertsSection()
     nms: NmsSection = NmsSection()
     access: AccessSection = AccessSection()

@@ -56,13 +56,13 @@ class Hub:
         self.search = SearchService(self.db)
         self.units = UnitService(self.db)
         self.concentrators = ConcentratorService(self.db, settings.registry)
-        self.billing = BillingService(self.db, settings.billing, settings.billing_dir)
+        self.billing = BillingService(self.db, settings.billing, settings.billing_dir, settings.estimation)
         self.alerts = AlertService(self.db)  # the NMS notifier is wired by the composition root
         # head-ends are reached through the factory the composition root injects (None: no collection)
         self.head_ends = HeadEnds(self.db, head_end_factory, batch_size=settings.collection.batch_size,
                                   timeout_s=settings.collection.request_timeout_s)
         self.collection = CollectionService(self.db, settings.collection, self.head_ends, self.run)
-        self.usage = UsageService(self.db)
+        self.usage = UsageService(self.db, settings.estimation)
         self.access = AccessService(self.db, settings.access)  # one caller resolution for every edge
         self.public = PublicDataService(self.db, settings.privacy)
         self.portal = PortalService(self.db, self.access, self.public)

@@ -22,6 +22,7 @@ from hub.model.customers import (
     PortalAccount,
 )
 from hub.model.history import Alert, Certificate, QuoteHistory, UsageHistory
+from hub.model.usage_versions import UsageVersion
 from hub.model.topology import (
     Concentrator,
     ConcentratorComms,
@@ -41,5 +42,5 @@ __all__ = [
     "Concentrator", "ConcentratorComms", "ConcentratorType", "CorrectionParameter", "Customer",
     "CustomerLogicalDevice", "DisplayTerminal", "HeadEnd", "LogicalDevice", "LogicalDeviceType",
     "ParameterGroup", "ParameterGroupItem", "PhysicalDevice", "PhysicalDeviceComms",
-    "PhysicalDeviceType", "PortalAccount", "QuoteHistory", "UsageHistory", "metadata",
+    "PhysicalDeviceType", "PortalAccount", "QuoteHistory", "UsageHistory", "UsageVersion", "metadata",
 ]

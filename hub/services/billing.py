@@ -21,10 +21,11 @@ from typing import Any, Literal, TextIO
 from sqlalchemy import bindparam, select, text, tuple_
 from sqlalchemy.engine import Connection
 
-from hub.config import BillingSection
+from hub.config import BillingSection, EstimationSection
 from hub.db import Database, UTCDateTime, utcnow
 from hub.model import Cluster, CorrectionParameter, LogicalDevice, QuoteHistory
 from hub.services.errors import FieldError, InvalidInput, NotFound
+from hub.services.estimation import Limits
 from hub.services.quality import FLAG_NAMES, Quality, quality_names
 
 Kind = Literal["ONTIME", "PAST"]
@@ -213,10 +214,13 @@ def _copy_postgresql(dbapi: Any, query: dict[str, str], start: datetime, end: da
 class BillingService:
     """Billing files and quotes over the usage and quote histories."""
 
-    def __init__(self, db: Database, settings: BillingSection, export_dir: Path) -> None:
+    def __init__(self, db: Database, settings: BillingSection, export_dir: Path,
+                 estimation: EstimationSection | None = None) -> None:
         self.db = db
         self.settings = settings
         self.export_dir = export_dir
+        section = estimation or EstimationSection()
+        self.limits = Limits(section.max_gap_slots, section.max_flat_slots)
 
     # -- usage export (EXPORT_USAGE) ---------------------------------------------------------------
 
