@@ -22,6 +22,7 @@ from hub.services.adr import AdrService
 from hub.services.alerts import AlertService
 from hub.services.billing import BillingService
 from hub.services.certificates import CertificateService
+from hub.services.cim_readings import CimReadService
 from hub.services.collection import CollectionService
 from hub.services.concentrators import ConcentratorService
 from hub.services.installation import InstallationService
@@ -63,6 +64,7 @@ class Hub:
                                   timeout_s=settings.collection.request_timeout_s)
         self.collection = CollectionService(self.db, settings.collection, self.head_ends, self.run)
         self.usage = UsageService(self.db, settings.estimation)
+        self.cim_reads = CimReadService(self.db)  # many metering points at once, for the 61968-9 edge
         self.access = AccessService(self.db, settings.access)  # one caller resolution for every edge
         self.public = PublicDataService(self.db, settings.privacy)
         self.portal = PortalService(self.db, self.access, self.public)

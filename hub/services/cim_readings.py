@@ -1,0 +1,166 @@
+"""Reading the hub the way enterprise (61968-9) queries ask: many metering points at once, by any
+of their identifiers, with every register's series and quality, and the registers' OBIS names.
+
+The 61968-9 edge names metering points by UsagePoint mRID (the LD_ID) or by device (PD_ID, serial,
+or the physical device key); this service resolves those, reads usage history for a window in one
+query per chunk of LD_IDs, and adds quality flags that partners report with the readings they
+push (the stored values themselves go through :meth:`CollectionService.ingest_reads`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, false, func, or_, select
+
+from hub.db import Database, UTCDateTime, utcnow
+from hub.model import LogicalDevice, LogicalDeviceType, ParameterGroupItem, PhysicalDevice
+from hub.services.usage_writer import USAGE, utc
+
+CHUNK = 500
+MAX_WINDOW = timedelta(days=31)
+
+
+@dataclass(frozen=True, slots=True)
+class MeteringPoint:
+    """An installed logical device and the physical device it is on."""
+
+    ld_id: str
+    device_key: int
+    pd_id: str | None
+    serial: str | None
+    group_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterInfo:
+    sub_number: int
+    obis: str
+    unit: str
+    kind: str  # cumulative | instantaneous | maximum
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRow:
+    sub_number: int
+    measured_time: datetime
+    register_value: float | None
+    increment: float | None  # effective: recollected_increment when set, else increment
+    quality: int
+    status: str
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class CimReadService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def resolve(self, by_ld: Iterable[str] = (), by_device: Iterable[str] = ()) -> tuple[list[MeteringPoint], list[str]]:
+        """Metering points named by LD_ID (``by_ld``) or by device (``by_device``: PD_ID, serial,
+        LD_ID, or the physical device key in decimal); returns them in first-named order and the
+        names that matched nothing installed."""
+        by_ld, by_device = list(dict.fromkeys(by_ld)), list(dict.fromkeys(by_device))
+        found: dict[str, list[MeteringPoint]] = {}
+        base = (select(LogicalDevice.ld_id, PhysicalDevice.id, PhysicalDevice.pd_id, PhysicalDevice.serial,
+                       LogicalDeviceType.group_id)
+                .join(PhysicalDevice, PhysicalDevice.id == LogicalDevice.physical_device_id)
+                .join(LogicalDeviceType, LogicalDeviceType.type_id == LogicalDevice.type_id)
+                .where(LogicalDevice.ld_id.is_not(None), LogicalDevice.deleted == false()))
+        with self.db.session() as s:
+            for chunk in _chunks(by_ld):
+                for row in s.execute(base.where(LogicalDevice.ld_id.in_(chunk))):
+                    found.setdefault(f"ld:{row[0]}", []).append(MeteringPoint(*row))
+            for chunk in _chunks(by_device):
+                keys = [int(c) for c in chunk if c.isdigit()]
+                conds = [PhysicalDevice.pd_id.in_(chunk), PhysicalDevice.serial.in_(chunk),
+                         LogicalDevice.ld_id.in_(chunk)]
+                if keys:
+                    conds.append(PhysicalDevice.id.in_(keys))
+                for row in s.execute(base.where(or_(*conds), PhysicalDevice.deleted == false())):
+                    mp = MeteringPoint(*row)
+                    for name in {mp.pd_id, mp.serial, mp.ld_id, str(mp.device_key)} & set(chunk):
+                        found.setdefault(f"dev:{name}", []).append(mp)
+        out: dict[str, MeteringPoint] = {}
+        unknown: list[str] = []
+        for key in [f"ld:{n}" for n in by_ld] + [f"dev:{n}" for n in by_device]:
+            points = found.get(key)
+            if not points:
+                unknown.append(key.split(":", 1)[1])
+            for mp in sorted(points or [], key=lambda p: p.ld_id):
+                out.setdefault(mp.ld_id, mp)
+        return list(out.values()), unknown
+
+    def registers(self, group_ids: Iterable[int]) -> dict[int, list[RegisterInfo]]:
+        """The registers of each parameter group, by sub number."""
+        wanted = sorted(set(group_ids))
+        out: dict[int, list[RegisterInfo]] = {g: [] for g in wanted}
+        with self.db.session() as s:
+            for item in s.scalars(select(ParameterGroupItem).where(ParameterGroupItem.group_id.in_(wanted))
+                                  .order_by(ParameterGroupItem.group_id, ParameterGroupItem.sub_number)):
+                out[item.group_id].append(RegisterInfo(item.sub_number, item.obis, item.unit, item.kind))
+        return out
+
+    def series(self, ld_ids: Sequence[str], start: datetime, end: datetime,
+               sub_numbers: Iterable[int] | None = None) -> dict[str, list[SeriesRow]]:
+        """Usage rows of ``ld_ids`` with ``start <= measured_time < end`` (at most 31 days), in time order."""
+        if end <= start:
+            raise ValueError("the end of the window must be after its start")
+        if end - start > MAX_WINDOW:
+            raise ValueError(f"the window may span at most {MAX_WINDOW.days} days")
+        c = USAGE.c
+        subs = sorted(set(sub_numbers)) if sub_numbers is not None else None
+        out: dict[str, list[SeriesRow]] = {ld: [] for ld in ld_ids}
+        with self.db.session() as s:
+            for chunk in _chunks(list(ld_ids)):
+                q = (select(c.ld_id, c.sub_number, c.measured_time, c.register_value,
+                            func.coalesce(c.recollected_increment, c.increment), c.quality, c.status)
+                     .where(c.ld_id.in_(chunk), c.measured_time >= utc(start), c.measured_time < utc(end))
+                     .order_by(c.ld_id, c.sub_number, c.measured_time))
+                if subs is not None:
+                    q = q.where(c.sub_number.in_(subs))
+                for ld, sub, t, value, inc, quality, status in s.execute(q):
+                    out[ld].append(SeriesRow(sub, t, value, inc, quality, status))
+        return out
+
+    def add_quality(self, flags: Sequence[tuple[str, int, datetime, int]]) -> int:
+        """OR quality bits into stored rows (ld_id, sub_number, measured_time, bits); rows that do
+        not exist are left alone. Returns how many keys were given a flag."""
+        rows = [{"k_ld": ld, "k_sub": sub, "k_t": utc(t), "bits": bits, "now": utcnow()}
+                for ld, sub, t, bits in flags if bits]
+        if not rows:
+            return 0
+        c = USAGE.c
+        stmt = (USAGE.update()
+                .where(c.ld_id == bindparam("k_ld"), c.sub_number == bindparam("k_sub"),
+                       c.measured_time == bindparam("k_t", type_=UTCDateTime))
+                .values(quality=c.quality.op("|")(bindparam("bits")),
+                        updated_at=bindparam("now", type_=UTCDateTime)))
+        with self.db.session() as s:
+            s.connection().execute(stmt, rows)
+        return len(rows)
+
+    def device(self, names: Iterable[str]) -> tuple[int, str | None] | None:
+        """(key, PD_ID) of the live physical device named by any of ``names`` (PD_ID, serial, key,
+        or the LD_ID of one of its logical devices); None when none matches."""
+        names = [n for n in names if n]
+        if not names:
+            return None
+        keys = [int(n) for n in names if n.isdigit()]
+        with self.db.session() as s:
+            conds = [PhysicalDevice.pd_id.in_(names), PhysicalDevice.serial.in_(names)]
+            if keys:
+                conds.append(PhysicalDevice.id.in_(keys))
+            row = s.execute(select(PhysicalDevice.id, PhysicalDevice.pd_id)
+                            .where(or_(*conds), PhysicalDevice.deleted == false()).order_by(PhysicalDevice.id)).first()
+            if row is None:
+                row = s.execute(select(PhysicalDevice.id, PhysicalDevice.pd_id)
+                                .join(LogicalDevice, LogicalDevice.physical_device_id == PhysicalDevice.id)
+                                .where(LogicalDevice.ld_id.in_(names), PhysicalDevice.deleted == false())).first()
+            return (row[0], row[1]) if row else None
