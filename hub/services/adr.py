@@ -120,11 +120,13 @@ class AdrService:
     # receiving events ---------------------------------------------------------------------------
 
     async def receive(self, vtn_id: str, events: Sequence[DrEvent], *, complete: bool = True,
-                      market_context: str | None = None) -> list[Answer]:
+                      market_context: str | None = None, also_present: Iterable[str] = ()) -> list[Answer]:
         """Take a VTN's events (``complete``: this is its full current list, so an event missing
-        from it is cancelled) and answer each, without waiting for the reservations to be made."""
+        from it is cancelled; ``also_present``: IDs of events in the list the edge could not read,
+        which are therefore not missing) and answer each, without waiting for the reservations."""
         now = self.clock()
-        decisions, affected = await self.run(self._ingest, vtn_id, list(events), complete, market_context, now)
+        decisions, affected = await self.run(self._ingest, vtn_id, list(events), complete, market_context, now,
+                                             set(also_present))
         watched = [d for d in decisions if d[1] is not None and d[2] > 0]
         if not affected:
             return [d[0] for d in decisions]
@@ -162,7 +164,7 @@ class AdrService:
                       .values(response=answer.opt, response_reason=answer.reason[:2000]))
 
     def _ingest(self, vtn_id: str, events: list[DrEvent], complete: bool, market_context: str | None,
-                now: datetime) -> tuple[list[tuple[Answer, int | None, int]], set[str]]:
+                now: datetime, also_present: set[str]) -> tuple[list[tuple[Answer, int | None, int]], set[str]]:
         decisions, affected = [], set()
         for ev in events:
             with self.db.session() as s:
@@ -174,7 +176,7 @@ class AdrService:
                                         "reason": answer.reason, "matched": matched})
         if complete:
             with self.db.session() as s:
-                affected |= self._implied_cancel(s, vtn_id, {e.event_id for e in events}, now)
+                affected |= self._implied_cancel(s, vtn_id, {e.event_id for e in events} | also_present, now)
         return decisions, affected
 
     def _ingest_one(self, s: Any, vtn_id: str, ev: DrEvent, market_context: str | None,
