@@ -81,6 +81,10 @@ def create_app(hub: Hub) -> web.Application:
         from adapters.mqtt.lifecycle import install as install_mqtt
 
         install_mqtt(app, hub)
+    if (hub.settings.openadr.vtn_url or hub.settings.openadr.vtns) and hub.head_ends.available:
+        from adapters.openadr import install as install_openadr  # the VEN, one per configured VTN
+
+        install_openadr(app, hub)
     if hub.settings.nms.enabled:
         from adapters.nms import install as install_nms
 
