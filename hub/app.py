@@ -72,6 +72,9 @@ def create_app(hub: Hub) -> web.Application:
     shell.get("/health", summary="Liveness and database reachability, with the hub's version", tag="meta",
               responses={503: "database unreachable"})(health)
     setup_rest(app, hub, shell)
+    from adapters.public import install as install_public_soap  # secondary-use SOAP at /public/soap
+
+    install_public_soap(app, hub)
     from adapters.cim import install as install_cim  # 61968-9: /cim/messages, /cim/soap
 
     install_cim(app, hub)
