@@ -25,12 +25,16 @@ from hub.services.certificates import CertificateService
 from hub.services.cim_readings import CimReadService
 from hub.services.collection import CollectionService
 from hub.services.concentrators import ConcentratorService
+from hub.services.controls import ControlService
+from hub.services.fiap_services import FiapServices
 from hub.services.installation import InstallationService
+from hub.services.jobs import RebootJobs
 from hub.services.provisioning import ProvisioningService
 from hub.services.registry import RegistryService
 from hub.services.search import SearchService
 from hub.services.units import UnitService
 from hub.services.usage import UsageService
+from hub.throttle import ThrottleLimits
 from hub.services.access import AccessService
 from hub.services.delivery import DeliveryService
 from hub.services.portal import PortalService
@@ -61,9 +65,12 @@ class Hub:
         self.alerts = AlertService(self.db)  # the NMS notifier is wired by the composition root
         # head-ends are reached through the factory the composition root injects (None: no collection)
         self.head_ends = HeadEnds(self.db, head_end_factory, batch_size=settings.collection.batch_size,
-                                  timeout_s=settings.collection.request_timeout_s)
+                                  timeout_s=settings.collection.request_timeout_s,
+                                  limits=ThrottleLimits.from_section(settings.throttle))
         self.collection = CollectionService(self.db, settings.collection, self.head_ends, self.run)
         self.usage = UsageService(self.db, settings.estimation)
+        self.controls = ControlService(self.db, self.head_ends, self.run)
+        self.reboot_jobs = RebootJobs(self.db, settings.controls, self.search, self.controls, self.run, self.alerts)
         self.cim_reads = CimReadService(self.db)  # many metering points at once, for the 61968-9 edge
         self.access = AccessService(self.db, settings.access)  # one caller resolution for every edge
         self.public = PublicDataService(self.db, settings.privacy)
