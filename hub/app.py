@@ -78,6 +78,10 @@ def create_app(hub: Hub) -> web.Application:
     from adapters.cim import install as install_cim  # 61968-9: /cim/messages, /cim/soap
 
     install_cim(app, hub)
+    if hub.settings.ieee1888.enabled:
+        from adapters.ieee1888 import install as install_fiap  # IEEE 1888 storage at /fiap
+
+        install_fiap(app, hub)
     if hub.settings.collection.enabled and hub.head_ends.available:
         _run_scheduler(app, hub)
     if hub.settings.mqtt.enabled:

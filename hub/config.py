@@ -266,6 +266,49 @@ class CimSection(_Section):
     source: str = Field("mdmhub", description="Header/Source of the messages the hub sends.")
 
 
+class FiapUpstreamSection(_Section):
+    """An IEEE 1888 storage the hub forwards selected points to (``[[ieee1888.upstreams]]``)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    url: str = Field(min_length=1, description="The storage's endpoint, e.g. http://host/axis2/services/FIAPStorage.")
+    points: list[str] = Field(default_factory=lambda: ["*"], description="Point ID patterns (fnmatch) forwarded.")
+    batch_values: int = Field(500, ge=1, le=5000, description="Values per WRITE (keep requests under 256 KiB).")
+    retry_min_s: float = Field(5.0, gt=0, description="First back-off after a failed WRITE.")
+    retry_max_s: float = Field(3600.0, gt=0, description="Longest back-off between attempts.")
+    poll_s: float = Field(2.0, gt=0, description="How often the queue is looked at.")
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class FiapFetchSection(_Section):
+    """A remote IEEE 1888 storage the hub fetches points from periodically (``[[ieee1888.fetches]]``)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    url: str = Field(min_length=1)
+    points: list[str] = Field(min_length=1, description="Point IDs fetched (each must be registered here).")
+    every_s: float = Field(300.0, gt=0)
+    acceptable_size: int = Field(1000, ge=1, le=100_000)
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class Ieee1888Section(_Section):
+    """The IEEE 1888 (FIAP) storage at /fiap and the hub's client (see docs/ieee1888.md)."""
+
+    enabled: bool = True
+    points_file: Path | None = Field(None, description="Point registry and writers (TOML) loaded at start.")
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=4096, description="Larger requests are refused unread.")
+    max_write_values: int = Field(5000, ge=1, description="More values in one WRITE gives TOO_MANY_VALUES.")
+    max_keys: int = Field(6000, ge=1, description="More keys in one query gives TOO_MANY_KEYS.")
+    default_acceptable_size: int = Field(100, ge=1)
+    max_acceptable_size: int = Field(10_000, ge=1, description="A larger acceptableSize is capped silently.")
+    cursor_idle_s: float = Field(60.0, gt=0, description="A cursor unused this long expires.")
+    max_cursors_per_client: int = Field(10, ge=1)
+    max_traps_per_client: int = Field(20, ge=1)
+    max_trap_ttl_s: int = Field(86_400, ge=1)
+    trap_timeout_s: float = Field(5.0, gt=0, description="Time allowed to a TRAP callback.")
+    upstreams: list[FiapUpstreamSection] = Field(default_factory=list)
+    fetches: list[FiapFetchSection] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     """All of the hub's settings. Build with :func:`load_settings`."""
 
@@ -297,6 +340,7 @@ class Settings(BaseSettings):
     privacy: PrivacySection = PrivacySection()
     delivery: DeliverySection = DeliverySection()
     cim: CimSection = CimSection()
+    ieee1888: Ieee1888Section = Ieee1888Section()
 
     @classmethod
     def settings_customise_sources(

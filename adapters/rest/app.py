@@ -10,10 +10,12 @@ from adapters.rest.resources import admin, alerts, certificates, concentrators, 
 from adapters.rest.resources import collection
 from adapters.rest.resources import portal, public
 from adapters.rest.resources import controls
+from adapters.rest.resources import fiap_points
 from adapters.rest.routing import ApiRoutes
 from hub.runtime import Hub
 
 RESOURCE_MODULES = [admin, registration, search, concentrators, lifecycle, certificates, alerts]
+RESOURCE_MODULES += [fiap_points]
 RESOURCE_MODULES += [collection]
 RESOURCE_MODULES += [public, portal]
 RESOURCE_MODULES += [controls]

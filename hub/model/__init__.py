@@ -13,6 +13,7 @@ from hub.model.catalog import (
 )
 from hub.model.collection import CollectionLog, CollectionRun
 from hub.model.controls import ControlAction, ControlJob
+from hub.model.fiap import FiapOutbox, FiapPoint, FiapValue
 from hub.model.customers import (
     Cluster,
     CorrectionParameter,
@@ -40,7 +41,7 @@ __all__ = [
     "AdrAction", "AdrEvent", "AdrPolicy", "AdrReservation", "Alert", "Certificate", "Cluster", "CollectionLog",
     "CollectionRun", "CommsSettings", "ControlAction", "ControlJob",
     "Concentrator", "ConcentratorComms", "ConcentratorType", "CorrectionParameter", "Customer",
-    "CustomerLogicalDevice", "DisplayTerminal", "HeadEnd", "LogicalDevice", "LogicalDeviceType",
+    "CustomerLogicalDevice", "DisplayTerminal", "FiapOutbox", "FiapPoint", "FiapValue", "HeadEnd", "LogicalDevice", "LogicalDeviceType",
     "ParameterGroup", "ParameterGroupItem", "PhysicalDevice", "PhysicalDeviceComms",
     "PhysicalDeviceType", "PortalAccount", "QuoteHistory", "UsageHistory", "UsageVersion", "metadata",
 ]
