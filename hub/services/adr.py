@@ -43,6 +43,7 @@ from hub.model import (
     PhysicalDevice,
 )
 from hub.ports import HeadEndError, HeadEndRejected, MeterRef
+from hub.services.adr_assist import AssistService
 from hub.services.adr_events import DrEvent
 from hub.services.adr_plan import Held, Segment, Want, covering, diff, segments
 from hub.services.adr_policies import PolicyService, evaluate
@@ -112,6 +113,7 @@ class AdrService:
         self.tz = ZoneInfo(self.settings.policy_timezone)
         self.open_ended_s = open_ended_s
         self.policies = PolicyService(db)
+        self.assist = AssistService(db, self.tz)
         self.clock: Callable[[], datetime] = utcnow
         self._pending: list[_Job] = []
         self._worker: asyncio.Task[None] | None = None
