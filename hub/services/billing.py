@@ -4,8 +4,8 @@ correction and retention purge (the seed's EXPORT_USAGE, IMPORT_BILL, SIMULATE_B
 Everything here works on whole periods of the two big history tables, so it is written as plain SQL
 on both stores: exports stream tuples from a server-side cursor into ``csv.writer``; imports and
 pseudo-billing are set-based updates in batches. Raw usage rows are only ever read (and purged):
-billing results, imports and corrections live in ``quote_history``. The file layout is in
-docs/billing.md.
+billing results, imports and corrections live in ``quote_history``, and a correction is also kept
+as a usage version (:mod:`hub.services.usage_versions`). The file layout is in docs/billing.md.
 """
 
 from __future__ import annotations
@@ -20,13 +20,16 @@ from typing import Any, Literal, TextIO
 
 from sqlalchemy import bindparam, select, text, tuple_
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from hub.config import BillingSection, EstimationSection
 from hub.db import Database, UTCDateTime, utcnow
-from hub.model import Cluster, CorrectionParameter, LogicalDevice, QuoteHistory
+from hub.model import Cluster, CorrectionParameter, LogicalDevice, QuoteHistory, UsageHistory
 from hub.services.errors import FieldError, InvalidInput, NotFound
-from hub.services.estimation import Limits
+from hub.services.estimation import ESTIMATED_STATUS, Limits, Snapshot
 from hub.services.quality import FLAG_NAMES, Quality, quality_names
+from hub.services.usage import estimates_between
+from hub.services.usage_versions import add_version
 
 Kind = Literal["ONTIME", "PAST"]
 KINDS: tuple[Kind, ...] = ("ONTIME", "PAST")
@@ -38,7 +41,8 @@ MAX_REPORTED = 1000
 _STREAM_ROWS = 20_000
 _IN_CHUNK = 1000
 _COMMON_QUALITY = (Quality.VALID, Quality.MISSING, Quality.VALID | Quality.RECOLLECTED)
-_PURGE_STEP = {"usage_history": timedelta(hours=2), "quote_history": timedelta(days=1)}
+_PURGE_STEP = {"usage_history": timedelta(hours=2), "usage_version": timedelta(days=1),
+               "quote_history": timedelta(days=1)}
 
 
 def period_bound(value: str | date | datetime, *, end: bool = False) -> datetime:
@@ -75,10 +79,11 @@ class ExportResult:
     missing: int
     start: datetime
     end: datetime
+    estimated: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path), "rows": self.rows, "missing": self.missing,
-                "from": self.start.isoformat(), "to": self.end.isoformat()}
+                "estimated": self.estimated, "from": self.start.isoformat(), "to": self.end.isoformat()}
 
 
 @dataclass
@@ -147,6 +152,49 @@ class ParameterTable:
             if param_id == pid and valid_from <= at and (valid_to is None or at < valid_to):
                 found = Rate(coefficient * unit_price, co2_factor)  # rows are sorted: the latest start wins
         return found
+
+
+def _stream_estimated(dbapi: Any, backend: str, query: dict[str, str], start: datetime, end: datetime,
+                      fh: TextIO, estimates: dict[tuple[str, int, str], Snapshot],
+                      include_missing: bool) -> tuple[int, int]:
+    """The file with estimates (``[billing] use_estimates``): rows pass through Python, where a
+    missing row the estimation rules allow gets its estimate (status ``estimated``, its flags) and
+    the first actual row after estimates its restated increment. Missing rows without an estimate
+    stay listed as missing (or are left out with ``include_missing`` false). Returns (rows, estimated)."""
+    writer = csv.writer(fh, lineterminator="\n")
+    writer.writerow(USAGE_COLUMNS)
+    rows = estimated = 0
+    if backend == "postgresql":
+        cur = dbapi.cursor(name="usage_export")  # server-side: memory stays flat
+        params: tuple[Any, ...] = (start, end)
+    else:
+        cur = dbapi.cursor()
+        fmt = "%Y-%m-%d %H:%M:%S.%f"
+        params = tuple(b.astimezone(UTC).replace(tzinfo=None).strftime(fmt) for b in (start, end))
+    try:
+        cur.execute(query[backend], params)
+        while chunk := cur.fetchmany(_STREAM_ROWS):
+            out = []
+            for row in chunk:
+                shown = estimates.get((row[0], row[1], row[2]))
+                if shown is not None and shown.estimated:
+                    row = (row[0], row[1], row[2], shown.register_value, shown.increment, ESTIMATED_STATUS,
+                           " ".join(quality_names(shown.quality)))
+                    estimated += 1
+                elif shown is not None:
+                    row = (*row[:4], shown.increment, row[5], " ".join(quality_names(shown.quality)) or None)
+                elif row[5] == "missing" and not include_missing:
+                    continue
+                out.append(row)
+            writer.writerows(out)
+            rows += len(out)
+    finally:
+        cur.close()
+    return rows, estimated
+
+
+def _file_time(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _usage_query(kind: Kind, include_missing: bool) -> dict[str, str]:
@@ -229,7 +277,7 @@ class BillingService:
         return self.export_dir / f"usage_{kind}_{stamp}.csv"
 
     def export_usage(self, kind: str, start: datetime, end: datetime, path: Path | None = None, *,
-                     include_missing: bool | None = None) -> ExportResult:
+                     include_missing: bool | None = None, use_estimates: bool | None = None) -> ExportResult:
         """Write the usage file of ``kind`` for ``[start, end)``; the file appears whole or not at all.
 
         ONTIME: rows read on schedule (status normal) with their increment. PAST: rows re-collected
@@ -237,30 +285,44 @@ class BillingService:
         before them was filled, each with the re-collected increment. Both list the rows still
         missing (empty values, status missing) unless ``include_missing`` (default: the setting) is
         false. Rows are ordered by time, then LD_ID and sub number.
+
+        With ``use_estimates`` (default: the setting ``[billing] use_estimates``, false) missing rows
+        the estimation rules allow carry their estimate instead, with status ``estimated`` and their
+        ``estimated-*`` flag, and the first actual row after estimates carries the increment of its
+        own slot (so the file's increments still add up to the registers' advance).
         """
         if kind not in KINDS:
             raise InvalidInput("bad export kind", [FieldError("kind", f"must be one of {', '.join(KINDS)}")])
         _check_period(start, end)
         if include_missing is None:
             include_missing = self.settings.include_missing
+        if use_estimates is None:
+            use_estimates = self.settings.use_estimates
         path = Path(path) if path is not None else self.default_path(kind, start, end)  # type: ignore[arg-type]
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_name(f".{path.name}.part")
-        query = _usage_query(kind, include_missing)  # type: ignore[arg-type]
+        query = _usage_query(kind, include_missing or use_estimates)  # type: ignore[arg-type]
+        estimated = 0
         try:
             with part.open("w", encoding="utf-8", newline="") as fh, self.db.engine.connect() as conn:
                 dbapi = conn.connection.dbapi_connection
-                if self.db.backend == "postgresql":
+                if use_estimates:
+                    with Session(bind=conn) as s:
+                        shown = estimates_between(s, start, end, self.limits)
+                    estimates = {(k[0], k[1], _file_time(k[2])): v for k, v in shown.items()}
+                    rows, estimated = _stream_estimated(dbapi, self.db.backend, query, start, end, fh, estimates,
+                                                        include_missing)
+                elif self.db.backend == "postgresql":
                     rows = _copy_postgresql(dbapi, query, start, end, fh)
                 else:
                     rows = _stream_sqlite(dbapi, query, start, end, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-                missing = self._count_missing(conn, start, end) if include_missing else 0
+                missing = self._count_missing(conn, start, end) - estimated if include_missing else 0
             os.replace(part, path)
         finally:
             part.unlink(missing_ok=True)
-        return ExportResult(kind, path, rows, missing, start, end)  # type: ignore[arg-type]
+        return ExportResult(kind, path, rows, missing, start, end, estimated)  # type: ignore[arg-type]
 
     @staticmethod
     def _count_missing(conn: Connection, start: datetime, end: datetime) -> int:
@@ -441,11 +503,15 @@ class BillingService:
     # -- manual correction (CORRECT_QUOTE) ---------------------------------------------------------
 
     def correct(self, ld_id: str, sub_number: int, measured_time: datetime, increment: float,
-                estimated_charge: float | None = None) -> dict[str, Any]:
+                estimated_charge: float | None = None, *, author: str = "billing",
+                reason: str = "manual correction (CORRECT_QUOTE)") -> dict[str, Any]:
         """Set a quote row's increment by hand (reconciliation) and mark it ``corrected``.
 
         The charge is ``estimated_charge`` when given, else priced like pseudo-billing. Later imports
-        and pseudo-billing keep corrected rows; the raw usage row is never touched.
+        and pseudo-billing keep corrected rows. The raw usage row is never touched: the corrected
+        increment becomes the snapshot's next usage version, flagged ``edited``, with ``author`` and
+        ``reason`` (when the usage row is still kept; quotes outlive usage rows), in the same
+        transaction.
         """
         if measured_time.tzinfo is None:
             raise InvalidInput("bad key", [FieldError("measured_time", "needs a time zone")])
@@ -468,18 +534,25 @@ class BillingService:
             row.source = "manual"
             row.updated_at = utcnow()
             s.add(row)
+            version = None
+            if s.get(UsageHistory, (ld_id, sub_number, measured_time)) is not None:
+                version = add_version(s, ld_id, sub_number, measured_time, increment=increment, author=author,
+                                      reason=reason, source="billing-correction").version
             return {"ld_id": row.ld_id, "sub_number": row.sub_number,
                     "measured_time": row.measured_time.isoformat(), "increment": row.increment,
-                    "estimated_charge": row.estimated_charge, "co2_kg": row.co2_kg, "corrected": True}
+                    "estimated_charge": row.estimated_charge, "co2_kg": row.co2_kg, "corrected": True,
+                    "usage_version": version}
 
     # -- retention purge ---------------------------------------------------------------------------
 
     def purge(self, now: datetime | None = None) -> dict[str, Any]:
-        """Delete usage and quote rows older than their retention days, oldest first, in batches
-        (one transaction per slice of time, so a purge never holds one huge transaction)."""
+        """Delete usage rows (and their versions) and quote rows older than their retention days,
+        oldest first, in batches (one transaction per slice of time, so a purge never holds one huge
+        transaction)."""
         now = now or utcnow()
         out: dict[str, Any] = {}
         for table, days in (("usage_history", self.settings.usage_retention_days),
+                            ("usage_version", self.settings.usage_retention_days),
                             ("quote_history", self.settings.quote_retention_days)):
             cutoff = now - timedelta(days=days)
             out[table] = {"before": cutoff.isoformat(), "deleted": self._purge(table, cutoff)}

@@ -204,3 +204,42 @@ def _valued_beyond(conn: Connection, ld_id: str, sub: int, lo: datetime, hi: dat
         return conn.execute(select(c.measured_time).where(c.ld_id == ld_id, c.sub_number == sub,
                                                  c.register_value.is_not(None), cond).limit(1)).first() is not None
     return exists(c.measured_time < lo), exists(c.measured_time >= hi)
+
+
+def estimates_between(s: Session, start: datetime, end: datetime, limits: Limits) -> dict[tuple[str, int, datetime],
+                                                                                          Snapshot]:
+    """For billing files: every snapshot in ``[start, end)`` that an estimated view of the raw rows
+    shows differently (the estimates, and the first actual snapshot after them with its increment
+    restated), by (LD_ID, sub, time). Set-based over the registers that have missing rows in the
+    period; edits are not applied (billing gets corrections through quotes)."""
+    c = USAGE.c
+    reach = limits.reach
+    lo, hi = start - reach, end + reach
+    series = sorted(s.execute(select(c.ld_id, c.sub_number).where(
+        c.status == "missing", c.measured_time >= start, c.measured_time < end).distinct()).all())
+    wanted = {(ld, sub) for ld, sub in series}
+    out: dict[tuple[str, int, datetime], Snapshot] = {}
+    ld_ids = sorted({ld for ld, _ in series})
+    for at in range(0, len(ld_ids), IN_CHUNK):
+        chunk = ld_ids[at:at + IN_CHUNK]
+        rows: dict[tuple[str, int], list[Snapshot]] = defaultdict(list)
+        for ld_id, *rest in s.execute(select(c.ld_id, *_COLUMNS).where(
+                c.ld_id.in_(chunk), c.measured_time >= lo, c.measured_time < hi)
+                .order_by(c.ld_id, c.sub_number, c.measured_time)):
+            sub, snap = _snapshot(rest)
+            if (ld_id, sub) in wanted:
+                rows[(ld_id, sub)].append(snap)
+        valued = c.register_value.is_not(None)
+        before = {(ld, sub) for ld, sub in s.execute(select(c.ld_id, c.sub_number).where(
+            c.ld_id.in_(chunk), valued, c.measured_time < lo).group_by(c.ld_id, c.sub_number))}
+        after = {(ld, sub) for ld, sub in s.execute(select(c.ld_id, c.sub_number).where(
+            c.ld_id.in_(chunk), valued, c.measured_time >= hi).group_by(c.ld_id, c.sub_number))}
+        kinds = {(ld, r.sub_number): r.cumulative for ld, regs in registers_of(s, chunk).items() for r in regs}
+        for key, snaps in rows.items():
+            cumulative = kinds.get(key, any(x.increment is not None for x in snaps))
+            view = estimate(snaps, limits, cumulative=cumulative, valued_before=key in before,
+                            valued_after=key in after)
+            for raw, shown in zip(snaps, view, strict=True):
+                if shown is not raw and start <= shown.measured_time < end:
+                    out[(key[0], key[1], shown.measured_time)] = shown
+    return out
