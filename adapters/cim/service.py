@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from adapters.cim import codes, config_nouns, events, readings, schemas
+from adapters.cim import codes, config_nouns, controls, events, readings, schemas
 from adapters.cim.envelope import (
     EVENT_VERBS,
     ID,
@@ -53,6 +53,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("create", "UsagePointConfig"): config_nouns.create_usage_point,
     ("change", "UsagePointConfig"): config_nouns.create_usage_point,
     ("delete", "UsagePointConfig"): config_nouns.delete_usage_point,
+    ("create", "EndDeviceControls"): controls.create,
 }
 
 

@@ -1,0 +1,100 @@
+"""EndDeviceControls: ``create`` runs remote connect / disconnect, a contract-capacity change and a
+comms-unit reboot through the hub's controls service (recorded in the controls history).
+
+Each EndDeviceControl names its command by ``EndDeviceControlType@ref`` (rows of
+``mappings/cim_codes.toml``), its targets by ``UsagePoints`` (LD_ID) or ``EndDevices`` (PD_ID,
+serial or LD_ID), and for a contract change the new capacity in an ``EndDeviceControlAttribute``
+named ``amps`` (``force`` = true lowers below the live load). The reply carries one Reply/ID per
+target carried out and an Error per target that was not (unknown, disposed, refused, head-end down).
+
+A control scheduled for later (``primaryDeviceTiming/interval`` in the future) is refused for now:
+contract reservations over a window are made by the meter-ADR service, not yet reachable here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from adapters.cim import codes
+from adapters.cim.envelope import ID, Message, parse_time
+from adapters.cim.profile import Outcome, identifiers, kid, kids, refuse, text, unique
+from hub.services.controls import ContractIn, ControlIn, HeadEndFailure, RelayIn
+from hub.services.errors import ServiceError
+
+if TYPE_CHECKING:
+    from adapters.cim.service import CimEdge
+
+
+async def create(edge: CimEdge, msg: Message) -> Outcome:
+    out = Outcome()
+    if not msg.payload or not msg.payload.elements:
+        raise refuse("bad-request", "Payload must carry an EndDeviceControls element", "Payload")
+    actor = (msg.header.user_id or msg.header.source or "cim")[:128]
+    for element in msg.payload.elements:
+        for n, control in enumerate(kids(edge.payload(element, "EndDeviceControls"), "EndDeviceControl"), start=1):
+            where = f"EndDeviceControl[{n}]"
+            type_el = kid(control, "EndDeviceControlType")
+            code = type_el.get("ref") if type_el is not None else None
+            command = codes.control_command(code or "")
+            if command is None:
+                out.fail("unknown-code", f"{where}: EndDeviceControlType {code} is not served", obj=code or "",
+                         object_type="EndDeviceControlType", xpath=where)
+                continue
+            timing = kid(control, "primaryDeviceTiming")
+            interval = kid(timing, "interval") if timing is not None else None
+            start = text(interval, "start") if interval is not None else None
+            if start and parse_time(start, f"{where}/primaryDeviceTiming/interval/start") > datetime.now(UTC):
+                out.fail("bad-request", f"{where}: scheduled controls are not carried out by this edge yet; "
+                         "send the control when it is due", obj=code or "", object_type="EndDeviceControl",
+                         xpath=where)
+                continue
+            attrs = {text(a, "name"): text(a, "value") for a in kids(control, "EndDeviceControlAttribute")}
+            by_ld = unique(v for up in kids(control, "UsagePoints") for v in identifiers(up))
+            by_dev = unique(v for d in kids(control, "EndDevices") for v in identifiers(d))
+            if not by_ld and not by_dev:
+                out.fail("invalid-object", f"{where}: name UsagePoints or EndDevices", xpath=where)
+                continue
+            points, unknown = await edge.hub.run(edge.hub.cim_reads.resolve, by_ld, by_dev)
+            for name in unknown:
+                out.fail("not-found", f"{where}: no installed metering point or device named {name}", obj=name,
+                         object_type="EndDevice")
+            reason = text(control, "reason")
+            for p in points:
+                try:
+                    await _run(edge, command, p.ld_id, attrs, actor, reason)
+                except (ValidationError, ValueError) as exc:
+                    out.fail("invalid-object", f"{where} {p.ld_id}: {str(exc).splitlines()[0]}", obj=p.ld_id,
+                             object_type="UsagePoint", xpath=where)
+                    continue
+                except HeadEndFailure as exc:
+                    out.fail("device-error", f"{where} {p.ld_id}: {exc.kind}: {exc}", obj=p.ld_id,
+                             object_type="UsagePoint")
+                    continue
+                except ServiceError as exc:
+                    from adapters.cim.config_nouns import _service_error
+
+                    _service_error(out, exc, p.ld_id, "UsagePoint")
+                    continue
+                out.ids.append(ID(p.ld_id, kind="name", id_type="LD_ID", object_type="UsagePoint"))
+                out.done += 1
+    return out
+
+
+async def _run(edge: CimEdge, command: str, ld_id: str, attrs: dict[str | None, str | None], actor: str,
+               reason: str | None) -> dict[str, Any]:
+    controls = edge.hub.controls
+    if command in ("connect", "disconnect"):
+        return await controls.relay(ld_id, RelayIn(state="on" if command == "connect" else "off", actor=actor,
+                                                   reason=reason))
+    if command == "set-contract":
+        amps = attrs.get("amps") or attrs.get("contractAmps")
+        if amps is None:
+            raise ValueError("a contract change needs an EndDeviceControlAttribute named amps")
+        return await controls.contract(ld_id, ContractIn(amps=int(float(amps)), actor=actor, reason=reason,
+                                                         force=(attrs.get("force") or "").lower() == "true"))
+    if command == "reboot":
+        return await controls.reboot(ld_id, ControlIn(actor=actor, reason=reason))
+    raise ValueError(f"command {command} is not carried out by this edge")
