@@ -167,7 +167,7 @@ async def test_live_status_answers_what_the_meter_says_and_is_recorded(env):
     body = await r.json()
     meter = await (await _port(hub)).status(_meter(hub, ld))
     assert body["load_amps"] == meter.load_amps and body["contract_amps"] == meter.contract_amps
-    assert body["relay_on"] is True and body["clock"] == env["clock"].now.isoformat()
+    assert body["relay_on"] is True and body["clock"] == env["clock"].now.isoformat().replace("+00:00", "Z")
     entry = (await _history(client, ld_id=ld))[0]
     assert entry["action"] == "status" and entry["actor"] == "call-centre" and entry["id"] == body["control_id"]
 
@@ -243,7 +243,7 @@ async def test_mass_reboot_over_a_search_reports_progress_and_per_device_failure
     assert r.status == 202, await r.text()
     job = await r.json()
     assert r.headers["Location"] == f"/api/v1/jobs/{job['id']}"
-    assert job["total"] == 6 and job["state"] in ("queued", "running") and job["search"]["he_id"] == 1
+    assert job["total"] == 6 and job["state"] in ("queued", "running") and job["search"] == {"he_id": 1}
 
     job = await _wait_job(client, job["id"])
     assert (job["state"], job["total"], job["done"], job["failed"], job["pending"]) == ("done", 6, 5, 1, 0)

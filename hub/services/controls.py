@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -156,7 +156,8 @@ def control_target(s: Any, ld_id: str) -> ControlTarget:
 
 def status_view(status: LiveStatus) -> dict[str, Any]:
     view = asdict(status)
-    view["clock"] = status.clock.isoformat()
+    clock = status.clock.astimezone(UTC).isoformat()
+    view["clock"] = clock[:-6] + "Z" if clock.endswith("+00:00") else clock  # as every stamp of the API
     return view
 
 

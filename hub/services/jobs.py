@@ -267,7 +267,7 @@ class RebootJobs:
 
     def _create(self, data: RebootJobIn, total: int) -> int:
         with self.db.session() as s:
-            job = ControlJob(kind="reboot", state="queued", search=data.search.model_dump(mode="json", exclude_none=True),
+            job = ControlJob(kind="reboot", state="queued", search=data.search.model_dump(mode="json", exclude_defaults=True),
                              actor=data.actor, reason=data.reason, total=total)
             s.add(job)
             s.flush()
