@@ -24,6 +24,7 @@ from hub.services.billing import BillingService
 from hub.services.certificates import CertificateService
 from hub.services.cim_readings import CimReadService
 from hub.services.collection import CollectionService
+from hub.services.diagnosis import Thresholds
 from hub.services.concentrators import ConcentratorService
 from hub.services.controls import ControlService
 from hub.services.fiap_services import FiapServices
@@ -67,7 +68,8 @@ class Hub:
         self.head_ends = HeadEnds(self.db, head_end_factory, batch_size=settings.collection.batch_size,
                                   timeout_s=settings.collection.request_timeout_s,
                                   limits=ThrottleLimits.from_section(settings.throttle))
-        self.collection = CollectionService(self.db, settings.collection, self.head_ends, self.run)
+        self.collection = CollectionService(self.db, settings.collection, self.head_ends, self.run, alerts=self.alerts,
+                                            thresholds=Thresholds.from_section(settings.alerts))
         self.usage = UsageService(self.db, settings.estimation)
         self.controls = ControlService(self.db, self.head_ends, self.run)
         self.reboot_jobs = RebootJobs(self.db, settings.controls, self.search, self.controls, self.run, self.alerts)

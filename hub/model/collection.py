@@ -39,6 +39,8 @@ class CollectionRun(SQLModel, table=True):
     missing: int = Field(default=0, description="rows stored without a value")
     recollected: int = Field(default=0, description="missing rows filled by this run")
     expired: int = Field(default=0, description="missing rows past the collection deadline")
+    alerts: int = Field(default=0, sa_column_kwargs={"server_default": "0"},
+                        description="alerts the run's diagnosis raised")
     failures: dict[str, Any] = Field(default_factory=dict, sa_type=JSON,
                                      description="head-end error code -> number of meters")
     error: str | None = None

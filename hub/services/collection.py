@@ -14,6 +14,10 @@ one path (:class:`hub.services.usage_writer.UsageWriter`).
 - :meth:`CollectionService.ingest_reads` stores readings pushed by an edge (MQTT units, 61968
   MeterReadings) on the same path.
 
+Each stored batch is diagnosed as it is stored (:class:`hub.services.collection_diagnosis.CycleDiagnosis`:
+out of range, negative increments, zero and missing runs, spikes, clock) and its new alerts are raised
+once; the run counts them (``alerts``). Re-collection runs the row checks over the rows it filled.
+
 Head-end failures never stop a cycle: a request that fails leaves its meters missing, and the rest
 of the head-end, and every other head-end, carries on. Work on one head-end is serialised, so a
 re-collection never interleaves with the scheduled cycle of the same meters.
@@ -35,8 +39,11 @@ from hub.config import CollectionSection
 from hub.db import Database, UTCDateTime, utcnow
 from hub.headends import HeadEndAccess, HeadEnds, HeadEndSpec
 from hub.ports import SLOT_SECONDS, MeterRef, ReadResult, RegisterRead
+from hub.services.alerts import AlertService
+from hub.services.collection_diagnosis import CycleDiagnosis, Row, group_ranges
 from hub.services.collection_runs import RunKind, RunStore
 from hub.services.collection_targets import Target, candidate_targets, registers_of
+from hub.services.diagnosis import ROW_CHECKS, Ranges, Thresholds
 from hub.services.errors import InvalidInput
 from hub.services.quality import Quality
 from hub.services.usage_writer import USAGE, Key, UsageWriter, WriteResult, utc
@@ -78,6 +85,7 @@ class _Tally:
     targets: int = 0
     writes: WriteResult | None = None
     failures: Counter[str] | None = None
+    alerts: int = 0
 
     def __post_init__(self) -> None:
         self.writes = WriteResult()
@@ -87,16 +95,19 @@ class _Tally:
         assert self.writes is not None and self.failures is not None
         st = self.writes.statuses
         return {"targets": self.targets, "expected": sum(st.values()), "normal": st["normal"],
-                "missing": st["missing"], "recollected": st["recollected"], "failures": dict(self.failures)}
+                "missing": st["missing"], "recollected": st["recollected"], "alerts": self.alerts,
+                "failures": dict(self.failures)}
 
 
 class CollectionService:
     def __init__(self, db: Database, settings: CollectionSection, head_ends: HeadEnds, run_blocking: RunBlocking,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, *, alerts: AlertService | None = None,
+                 thresholds: Thresholds | None = None) -> None:
         self.db = db
         self.settings = settings
         self.head_ends = head_ends
         self.writer = UsageWriter(db)
+        self.diagnosis = CycleDiagnosis(db, alerts, thresholds or Thresholds()) if alerts is not None else None
         self.runs = RunStore(db)
         self.clock = clock
         self._run = run_blocking
@@ -159,8 +170,8 @@ class CollectionService:
         if not go:
             return await self._run(self.runs.get, run_id)
         try:
-            spec, targets = await self._run(self._prepare, he_id)
-            tally = await self._poll(spec, targets, slots, run_id, kind, read)
+            spec, targets, ranges = await self._run(self._prepare, he_id)
+            tally = await self._poll(spec, targets, slots, run_id, kind, read, ranges)
         except BaseException as e:
             log.exception("collection run failed", extra={"he_id": he_id, "kind": kind, "slot": slot.isoformat()})
             await asyncio.shield(self._run(self.runs.finish, run_id, state="failed", error=f"{type(e).__name__}: {e}"))
@@ -170,13 +181,38 @@ class CollectionService:
                                                               "missing", "failures")})
         return view
 
-    def _prepare(self, he_id: int) -> tuple[HeadEndSpec, list[Target]]:
+    def _prepare(self, he_id: int) -> tuple[HeadEndSpec, list[Target], Ranges]:
         spec = self.head_ends.spec(he_id)
         with self.db.session() as s:
-            return spec, candidate_targets(s, he_id)
+            targets = candidate_targets(s, he_id)
+        groups = group_ranges(self.db) if self.diagnosis is not None else {}
+        return spec, targets, {t.ld_id: groups.get(t.group_id, {}) for t in targets}
+
+    def _store_batch(self, tally: _Tally, ranges: Ranges, since: datetime, until: datetime, *,
+                     checks: frozenset[str] | None = None, diagnose: bool = True, **store: Any) -> WriteResult:
+        """Store one batch and diagnose what it now holds (a failed diagnosis is logged and
+        counted, never undoes the store). Slots stored as missing because the hub was away are not
+        diagnosed: that is no meter's fault, and re-collection fills them."""
+        diagnose = diagnose and self.diagnosis is not None
+        written = self.writer.store(keep_rows=diagnose, **store)
+        if diagnose:
+            assert self.diagnosis is not None
+            rows: list[Row] = written.rows
+            if checks is not None:  # re-collection: the rows it filled
+                filled = set(written.filled_keys)
+                rows = [r for r in rows if r[:3] in filled]
+            try:
+                tally.alerts += self.diagnosis.check(rows, since=since, until=until, ranges=ranges,
+                                                     he_id=store.get("he_id"), checks=checks)
+            except Exception:  # noqa: BLE001 - the readings are stored; a diagnosis fault must not fail the cycle
+                log.exception("diagnosis failed", extra={"he_id": store.get("he_id"), "run_id": store.get("run_id")})
+                assert tally.failures is not None
+                tally.failures["diagnosis-error"] += len({r[0] for r in rows})
+            written.rows = []
+        return written
 
     async def _poll(self, spec: HeadEndSpec, targets: list[Target], slots: list[datetime], run_id: int,
-                    source: str, read: Reader | None) -> _Tally:
+                    source: str, read: Reader | None, ranges: Ranges | None = None) -> _Tally:
         """Read ``targets`` with ``read`` and store every expected snapshot of ``slots``."""
         polled = {t.ld_id: [s for s in slots if t.collecting(s)] for t in targets}
         targets = [t for t in targets if polled[t.ld_id]]
@@ -195,9 +231,10 @@ class CollectionService:
                 error = result.failures.get(m.ld_id)
                 if error is not None:
                     tally.failures[error.code] += 1  # type: ignore[index]
-            written = await self._run(self.writer.store, expected=expected, reads=reads,
+            written = await self._run(self._store_batch, tally, ranges or {}, slots[0], slots[-1],
+                                      expected=expected, reads=reads,
                                       cumulative=lambda ld, sub: (ld, sub) in cumulative, source=source,
-                                      he_id=spec.he_id, run_id=run_id)
+                                      he_id=spec.he_id, run_id=run_id, diagnose=read is not None)
             tally.writes.add(written)  # type: ignore[union-attr]
 
         groups: dict[tuple[int, ...], list[MeterRef]] = {}
@@ -255,22 +292,23 @@ class CollectionService:
         run_id, _ = await self._run(self.runs.begin, he_id, "recollect", floor_slot(now), force=True)
         tally = _Tally()
         try:
-            spec, targets = await self._run(self._prepare, he_id)
+            spec, targets, ranges = await self._run(self._prepare, he_id)
             live = {t.ld_id: t for t in targets if t.collecting(now)}
             gaps = await self._run(self._missing_rows, sorted(live), cutoff, now)
             tally.targets = len({k[0] for k in gaps})
             if gaps:
-                await self._refill(spec, live, gaps, run_id, tally)
+                await self._refill(spec, live, gaps, run_id, tally, ranges)
         except BaseException as e:
             await asyncio.shield(self._run(self.runs.finish, run_id, state="failed", error=f"{type(e).__name__}: {e}"))
             raise
         assert tally.writes is not None
         filled = tally.writes.filled
         return await self._run(self.runs.finish, run_id, targets=tally.targets, expected=len(gaps), normal=0,
-                               recollected=filled, missing=len(gaps) - filled, failures=dict(tally.failures or {}))
+                               recollected=filled, missing=len(gaps) - filled, alerts=tally.alerts,
+                               failures=dict(tally.failures or {}))
 
     async def _refill(self, spec: HeadEndSpec, live: dict[str, Target], gaps: list[Key], run_id: int,
-                      tally: _Tally) -> None:
+                      tally: _Tally, ranges: Ranges) -> None:
         """Read the gaps day by day, oldest first (so each day's increments build on the last)."""
         try:
             access = self.head_ends.access_for(spec)
@@ -298,7 +336,8 @@ class CollectionService:
                         if error is not None:
                             tally.failures[error.code] += 1  # type: ignore[index]
                     if reads:
-                        written = await self._run(self.writer.store, expected=(), reads=reads,
+                        written = await self._run(self._store_batch, tally, ranges, first, last, checks=ROW_CHECKS,
+                                                  expected=(), reads=reads,
                                                   cumulative=lambda ld, sub: (ld, sub) in cumulative,
                                                   source="recollect", he_id=spec.he_id, run_id=run_id)
                         tally.writes.add(written)  # type: ignore[union-attr]

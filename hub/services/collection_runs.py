@@ -16,7 +16,7 @@ from hub.services.usage_writer import insert_ignore, utc
 
 RUNS: Table = CollectionRun.__table__  # type: ignore[attr-defined]
 RunKind = Literal["scheduled", "backfill", "recollect"]
-COUNTERS = ("targets", "expected", "normal", "missing", "recollected", "expired")
+COUNTERS = ("targets", "expected", "normal", "missing", "recollected", "expired", "alerts")
 
 
 class RunFilter(BaseModel):

@@ -51,6 +51,8 @@ class Target:
     registers: tuple[Register, ...]
     device: _Reservations
     concentrator: _Reservations
+    group_id: int = 0
+    """The parameter group of its logical device type (ranges for diagnosis)."""
 
     @property
     def ld_id(self) -> str:
@@ -95,7 +97,7 @@ def candidate_targets(s: Session, he_id: int) -> list[Target]:
         registers = groups.get(group_id)
         if registers:
             targets.append(Target(MeterRef(ld_id, device_key, address, he_id), registers,
-                                  _Reservations(pd_start, pd_stop), _Reservations(co_start, co_stop)))
+                                  _Reservations(pd_start, pd_stop), _Reservations(co_start, co_stop), group_id))
     return targets
 
 

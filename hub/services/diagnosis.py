@@ -19,7 +19,7 @@ raised again each cycle for something an earlier cycle already reported:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, NamedTuple
@@ -103,9 +103,14 @@ class AlertDraft:
     raised_at: datetime | None = None
 
 
+ROW_CHECKS = frozenset({OUT_OF_RANGE, NEGATIVE_INCREMENT, CLOCK_OFF_GRID})
+"""The checks that judge each row on its own (no neighbours needed)."""
+
+
 def diagnose(batch: Iterable[Sequence[Any]], thresholds: Thresholds, ranges: Ranges,
-             since: datetime | None = None) -> list[AlertDraft]:
-    """Every alert the batch calls for, ordered by logical device, register and check."""
+             since: datetime | None = None, checks: Collection[str] | None = None) -> list[AlertDraft]:
+    """Every alert the batch calls for, ordered by logical device, register and check; only the
+    codes in ``checks`` when given (re-collection, whose rows are scattered, runs the row checks)."""
     series: dict[tuple[str, int], list[Sequence[Any]]] = defaultdict(list)
     for row in batch:
         series[(row[0], row[1])].append(row)
@@ -114,13 +119,15 @@ def diagnose(batch: Iterable[Sequence[Any]], thresholds: Thresholds, ranges: Ran
         rows.sort(key=lambda r: r[2])
         item = ranges.get(ld_id, {}).get(sub)
         new = rows if since is None else [r for r in rows if r[2] >= since]
-        drafts += _out_of_range(ld_id, sub, new, item)
-        drafts += _clock_off_grid(ld_id, sub, new, thresholds)
-        drafts += _missing_runs(ld_id, sub, rows, thresholds, since)
-        if item is None or item.kind == "cumulative":
-            drafts += _negative_increments(ld_id, sub, new)
-            drafts += _zero_runs(ld_id, sub, rows, thresholds, since)
-            drafts += _spikes(ld_id, sub, rows, thresholds, since)
+        cumulative = item is None or item.kind == "cumulative"
+        for code, check in ((OUT_OF_RANGE, lambda: _out_of_range(ld_id, sub, new, item)),
+                            (CLOCK_OFF_GRID, lambda: _clock_off_grid(ld_id, sub, new, thresholds)),
+                            (MISSING_RUN, lambda: _missing_runs(ld_id, sub, rows, thresholds, since)),
+                            (NEGATIVE_INCREMENT, lambda: _negative_increments(ld_id, sub, new) if cumulative else []),
+                            (ZERO_RUN, lambda: _zero_runs(ld_id, sub, rows, thresholds, since) if cumulative else []),
+                            (SPIKE, lambda: _spikes(ld_id, sub, rows, thresholds, since) if cumulative else [])):
+            if checks is None or code in checks:
+                drafts += check()
     return drafts
 
 

@@ -76,6 +76,9 @@ class WriteResult:
     duplicates: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     filled_keys: list[Key] = field(default_factory=list)
+    rows: list[tuple[str, int, datetime, float | None, float | None, str]] = field(default_factory=list)
+    """With ``keep_rows``: every expected or filled snapshot as it now stands (ld_id, sub_number,
+    measured_time, register value, effective increment, status): what diagnosis reads."""
 
     def add(self, other: WriteResult) -> None:
         self.inserted += other.inserted
@@ -85,6 +88,7 @@ class WriteResult:
         self.duplicates += other.duplicates
         self.statuses.update(other.statuses)
         self.filled_keys.extend(other.filled_keys)
+        self.rows.extend(other.rows)
 
 
 def utc(dt: datetime) -> datetime:
@@ -220,10 +224,11 @@ class UsageWriter:
 
     def store(self, *, expected: Iterable[Key], reads: Iterable[RegisterRead],
               cumulative: Callable[[str, int], bool], source: str, he_id: int | None = None,
-              run_id: int | None = None, fill_status: str = "recollected") -> WriteResult:
+              run_id: int | None = None, fill_status: str = "recollected", keep_rows: bool = False) -> WriteResult:
         """Store one batch in one transaction (see the module docstring). Times must be aware.
 
-        ``fill_status`` is the status a missing row takes when a value arrives for it."""
+        ``fill_status`` is the status a missing row takes when a value arrives for it; with
+        ``keep_rows`` the result lists the batch's rows as stored (no read back needed)."""
         norm = _Times()
         values: dict[Key, float] = {}
         for r in reads:
@@ -278,14 +283,26 @@ class UsageWriter:
                          recalcs)
 
         result.filled, result.recalculated = len(fills), len(recalcs)
+        keep = result.rows.append if keep_rows else None
         for key in wanted:
             row = existing.get(key)
             if row is not None and row.value is not None:
                 result.statuses[row.status] += 1
+                if keep:
+                    keep((*key, row.value, _effective(row), row.status))
             elif key in new_values:
-                result.statuses["normal" if row is None else fill_status] += 1
+                status = "normal" if row is None else fill_status
+                result.statuses[status] += 1
+                if keep:
+                    keep((*key, new_values[key], chains[key][0], status))
             else:
                 result.statuses["missing"] += 1
+                if keep:
+                    keep((*key, None, None, "missing"))
+        if keep:
+            for key in result.filled_keys:
+                if key not in wanted:
+                    keep((*key, new_values[key], chains[key][0], fill_status))
         return result
 
     # reading what is there ---------------------------------------------------------------------
@@ -434,6 +451,10 @@ class UsageWriter:
 
 _VALID, _RECOLLECTED = int(Quality.VALID), int(Quality.RECOLLECTED)
 _SPANS_GAP, _NEGATIVE = int(Quality.SPANS_GAP), int(Quality.NEGATIVE_INCREMENT)
+
+
+def _effective(row: _Row) -> float | None:
+    return row.recollected_increment if row.recollected_increment is not None else row.increment
 
 
 def _step(prev_t: datetime | None, prev_v: float | None, t: datetime, value: float | None, counts: bool,
