@@ -12,6 +12,15 @@ from collections.abc import Callable
 SUITES: dict[str, Callable[[str | None], int]] = {}
 
 
+def _cim(target: str | None) -> int:
+    from conformance.cim import run  # lxml and requests only when the suite runs
+
+    return run(target)
+
+
+SUITES["cim"] = _cim
+
+
 def run_suite(name: str, target: str | None) -> int:
     """Run the named suite; returns the process exit code (0 all passed, 1 failures, 2 usage)."""
     suite = SUITES.get(name)
