@@ -316,10 +316,7 @@ class AccessService:
             if account.state in ("locked", "disabled"):
                 raise Unauthenticated(_GENERIC_LOGIN_ERROR)
             if not good:
-                account.failed_logins += 1
-                if account.failed_logins >= self.settings.lock_after_failures:
-                    account.state = "locked"
-                    log.warning("portal account locked", extra={"account": account.id})
+                self._count_failure(account.id)  # in its own transaction: this one is rolled back
                 raise Unauthenticated(_GENERIC_LOGIN_ERROR)
             must_change = account.state == "temporary"
             if must_change and (account.temp_password_expires_at is None or account.temp_password_expires_at <= now):
@@ -330,6 +327,14 @@ class AccessService:
             s.add(PortalSession(token_hash=sha256(token), account_id=account.id, must_change=must_change,
                                 expires_at=expires))
             return {"token": token, "expires_at": expires.isoformat(), "must_change_password": must_change}
+
+    def _count_failure(self, account_id: int | None) -> None:
+        with self.db.session() as s:
+            account = s.get(PortalAccount, account_id, with_for_update=True)
+            account.failed_logins += 1
+            if account.failed_logins >= self.settings.lock_after_failures:
+                account.state = "locked"
+                log.warning("portal account locked", extra={"account": account.id})
 
     def _verify(self, stored: str | None, password: str) -> bool:
         if not stored:
