@@ -70,6 +70,12 @@ class ThrottleLimits:
                 Priority.REBOOT: max(1, math.floor(capacity * self.reboot_share))}
 
     @classmethod
+    def from_section(cls, section: Any) -> ThrottleLimits:
+        """The limits of the ``[throttle]`` settings section."""
+        return cls(head_end=section.head_end_concurrency, concentrator=section.concentrator_concurrency,
+                   recollect_share=section.recollect_share, reboot_share=section.reboot_share)
+
+    @classmethod
     def from_settings(cls, base: ThrottleLimits, overrides: Mapping[str, Any] | None) -> ThrottleLimits:
         """``base`` with a head-end row's overrides (keys as in ``[throttle]``)."""
         if not overrides:
