@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from adapters.cim.envelope import ID, Message
-from adapters.cim.profile import Outcome, identifiers, kid, kids, local, refuse, text
+from adapters.cim.profile import Outcome, identifiers, kid, kids, refuse, text
 from hub.services.errors import ServiceError
 from hub.services.installation import Installation, LogicalDeviceInstallation
 from hub.services.registry import DeviceRegistration
@@ -160,4 +160,4 @@ async def delete_usage_point(edge: CimEdge, msg: Message) -> Outcome:
     return out
 
 
-__all__ = ["create_meter", "create_usage_point", "delete_meter", "delete_usage_point", "local"]
+__all__ = ["create_meter", "create_usage_point", "delete_meter", "delete_usage_point"]

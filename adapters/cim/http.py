@@ -32,9 +32,8 @@ from lxml import etree
 
 import schemas
 from adapters.cim import wsdl, xmlsafe
-from adapters.cim.envelope import Message, build_element, wrapper_for
+from adapters.cim.envelope import Message, Reply, build_element, reply_to, wrapper_for
 from adapters.cim.service import CimEdge, error_item, lenient_header, served
-from adapters.cim.envelope import Reply, reply_to
 
 if TYPE_CHECKING:
     from hub.runtime import Hub

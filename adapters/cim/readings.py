@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from adapters.cim import codes
-from adapters.cim.envelope import Message
+from adapters.cim.envelope import Message, parse_time
 from adapters.cim.profile import (
     Builder,
     Outcome,
@@ -29,14 +29,12 @@ from adapters.cim.profile import (
     identifiers,
     kid,
     kids,
-    names,
     ref,
     refuse,
     text,
     unique,
     window,
 )
-from adapters.cim.envelope import parse_time
 from hub.ports import RegisterRead
 from hub.services.quality import FLAG_NAMES, Quality
 
@@ -292,4 +290,4 @@ def _pick(by_name: dict[str, list[MeteringPoint]], ups: list[str], meters: list[
     return None
 
 
-__all__ = ["create", "get", "build_meter_readings", "names"]
+__all__ = ["build_meter_readings", "create", "get"]
