@@ -69,6 +69,13 @@ def test_uneven_advance_is_shared_by_time_and_values_stay_between_their_neighbou
     assert [s.increment for s in view[1:]] == pytest.approx([0.3, 0.3, 0.3])
 
 
+def test_an_edited_increment_after_estimates_is_kept():
+    raw = series(10.0, None, 12.0)
+    edited = Snapshot(raw[2].measured_time, 12.0, 1.5, "normal", VALID | int(Quality.EDITED), version=1)
+    view = estimate([raw[0], raw[1], edited], LIMITS)
+    assert view[1].register_value == 11.0 and view[2] is edited
+
+
 def test_a_gap_longer_than_the_limit_stays_missing():
     raw = series(10.0, None, None, None, None, None, 16.0)  # 5 missing slots, the limit is 4
     view = estimate(raw, LIMITS)

@@ -24,7 +24,7 @@ before it that has a value and ``n`` the earliest after it:
 Increments in an estimated view are differences of consecutive values in that view: each estimate
 gets the share of the advance of its own slot, and so does the first actual snapshot after
 estimates (its stored increment spans the whole gap), so the increments of the view still add up
-to the register's advance.
+to the register's advance. An edited increment is the editor's word and is kept as it is.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def _restate_increments(raw: Sequence[Snapshot], view: list[Snapshot]) -> list[S
         if not snap.has_value:
             after_estimate = False
             continue
-        if snap.estimated or after_estimate:
+        if snap.estimated or (after_estimate and not snap.quality & Quality.EDITED):
             increment = None
             flags = Quality(snap.quality) & ~_ABOUT_INCREMENT
             if last is not None:

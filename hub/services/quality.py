@@ -1,17 +1,18 @@
 """Quality flags of a usage row: a bit set stored in ``usage_history.quality``.
 
 The bits are part of the stored data and of the API, so their values never change; new flags take
-new bits. Names are what the API shows.
+new bits. Names are what the API shows. The same bit set describes a stored version
+(``usage_version.quality``) and an estimate in a view. docs/quality.md explains each.
 
 | bit | value | name | meaning |
 | --- | --- | --- | --- |
 | 0 | 1 | valid | the register value was read (on time or re-collected) |
 | 1 | 2 | missing | no value was read for this snapshot (yet) |
 | 2 | 4 | recollected | the value was re-read from the meter's memory after the schedule missed it |
-| 3 | 8 | estimated-interpolated | an estimate by linear interpolation across a gap (never billed as actual) |
-| 4 | 16 | estimated-flat | an estimate by flat fill at the edge of a gap |
-| 5 | 32 | edited | changed by hand after reconciliation |
-| 6 | 64 | questionable | failed a validation check (out of range, spike, clock) |
+| 3 | 8 | estimated-interpolated | an estimate by linear interpolation across a gap; computed when read, never stored (:mod:`hub.services.estimation`) |
+| 4 | 16 | estimated-flat | an estimate by flat fill at the edge of the data; computed when read, never stored |
+| 5 | 32 | edited | a stored version after collection (by hand or a billing correction); the raw row stays (:mod:`hub.services.usage_versions`) |
+| 6 | 64 | questionable | reserved for a value a validation check rejects; checks raise alerts (:mod:`hub.services.diagnosis`), none sets it yet |
 | 7 | 128 | negative-increment | the register went backwards (meter replacement): kept negative for billing to correct |
 | 8 | 256 | spans-gap | the increment covers more than one interval, because earlier snapshots are missing |
 | 9 | 512 | recalculated | ``recollected_increment`` holds the increment recomputed after a gap before it was filled |
