@@ -54,6 +54,9 @@ T = TypeVar("T")
 LIVE = ("planned", "reserved", "failed")
 CHUNK = 900  # bound parameters per IN (SQLite's limit is 999)
 OPT_IN, OPT_OUT = "optIn", "optOut"
+POLICY_COLUMNS = ("id", "ld_id", "signal_levels", "signal_names", "reduced_amps", "reduction_step_amps",
+                  "days_of_week", "hour_from", "hour_to", "min_notice_minutes", "max_events_per_month",
+                  "opt_out_event_id")
 OUT_OF_SEQUENCE, TARGET_MISMATCH = 450, 462
 
 
@@ -292,15 +295,16 @@ class AdrService:
                       now: datetime) -> tuple[list[dict[str, Any]], Counter[str]]:
         """Evaluate the targeted LDs' active policies; insert one planned action per LD that matches
         (its lowest capacity if several policies match)."""
-        base = (select(AdrPolicy, LogicalDevice.contract_amps)
+        cols = [getattr(AdrPolicy, c) for c in POLICY_COLUMNS]
+        base = (select(*cols, LogicalDevice.contract_amps)
                 .join(LogicalDevice, LogicalDevice.ld_id == AdrPolicy.ld_id)
                 .where(AdrPolicy.active.is_(True), AdrPolicy.deleted == false(), LogicalDevice.deleted == false()))
-        pairs: list[tuple[AdrPolicy, int]] = []
+        pairs: list[tuple[Any, int]] = []  # (policy row with the policy's attributes, contract amps)
         if lds is None:
-            pairs = [(p, c) for p, c in s.execute(base)]
+            pairs = [(r, r.contract_amps) for r in s.execute(base)]
         else:
             for chunk in _chunks(sorted(lds)):
-                pairs += [(p, c) for p, c in s.execute(base.where(AdrPolicy.ld_id.in_(chunk)))]
+                pairs += [(r, r.contract_amps) for r in s.execute(base.where(AdrPolicy.ld_id.in_(chunk)))]
         reasons: Counter[str] = Counter()
         if lds is not None:
             reasons["no active policy"] += len(lds - {p.ld_id for p, _ in pairs})
@@ -321,7 +325,7 @@ class AdrService:
                                  "updated_at": now}
         planned = list(best.values())
         for chunk in _chunks(planned, 5000):
-            s.execute(insert(AdrAction), list(chunk))
+            s.execute(insert(AdrAction.__table__), list(chunk))  # core insert: no ORM objects
         return planned, reasons
 
     def _month_counts(self, s: Any, lds: list[str], ev: DrEvent, now: datetime) -> dict[str, int]:
@@ -389,20 +393,33 @@ class AdrService:
                                  .distinct()))
 
     async def _reconcile(self, lds: set[str], jobs: list[_Job]) -> None:
+        """Plans are loaded a chunk at a time and each chunk's head-end calls start at once, so the
+        first outcomes (which the opt answer may wait for) do not wait for the whole plan."""
         now = self.clock()
-        plans, rows_of = await self.run(self._load_plans, sorted(lds), now)
         sem = asyncio.Semaphore(self.settings.fanout_concurrency)
+        done: asyncio.Queue[_Outcome | BaseException] = asyncio.Queue()
 
-        async def one(ld_id: str, plan: _LdPlan) -> _Outcome:
-            async with sem:
-                return await self._apply(ld_id, plan, now, rows_of)
+        async def one(ld_id: str, plan: _LdPlan, rows_of: dict[int, int]) -> None:
+            try:
+                async with sem:
+                    await done.put(await self._apply(ld_id, plan, now, rows_of))
+            except BaseException as e:  # noqa: BLE001 - handed to the collector, which re-raises
+                await done.put(e)
+                raise
 
-        tasks = [asyncio.ensure_future(one(ld, p)) for ld, p in plans.items()]
+        tasks: list[asyncio.Task[None]] = []
+        ordered = sorted(lds)
         batch: list[_Outcome] = []
-        flushed = time.monotonic()
+        flushed, received = time.monotonic(), 0
         try:
-            for fut in asyncio.as_completed(tasks):
-                out = await fut
+            for chunk in _chunks(ordered, 1000):
+                plans, rows_of = await self.run(self._load_plans, list(chunk), now)
+                tasks += [asyncio.create_task(one(ld, plan, rows_of)) for ld, plan in plans.items()]
+            while received < len(tasks):
+                out = await done.get()
+                received += 1
+                if isinstance(out, BaseException):
+                    raise out
                 for j in jobs:
                     for row in out.succeeded_rows:
                         f = j.first_success.get(row)
@@ -432,11 +449,15 @@ class AdrService:
                     .where(LogicalDevice.ld_id.in_(chunk), LogicalDevice.deleted == false()))}
                 for ld in chunk:
                     plans[ld] = _LdPlan(meters.get(ld), None, [], [])
-                for a in s.scalars(select(AdrAction).where(AdrAction.ld_id.in_(chunk), AdrAction.state.in_(LIVE),
-                                                           AdrAction.end_at > now)):
+                for a in s.execute(select(AdrAction.id, AdrAction.ld_id, AdrAction.start_at, AdrAction.end_at,
+                                          AdrAction.reduced_amps, AdrAction.adr_event_id)
+                                   .where(AdrAction.ld_id.in_(chunk), AdrAction.state.in_(LIVE),
+                                          AdrAction.end_at > now)):
                     plans[a.ld_id].wants.append(Want(a.id, a.start_at, a.end_at, a.reduced_amps or 0))
                     rows_of[a.id] = a.adr_event_id
-                for r in s.scalars(select(AdrReservation).where(AdrReservation.ld_id.in_(chunk),
+                for r in s.execute(select(AdrReservation.id, AdrReservation.ld_id, AdrReservation.reservation_id,
+                                          AdrReservation.start_at, AdrReservation.end_at, AdrReservation.amps)
+                                   .where(AdrReservation.ld_id.in_(chunk),
                                                                 AdrReservation.state == "reserved",
                                                                 AdrReservation.end_at > now)):
                     plans[r.ld_id].held.append(Held(r.id, r.reservation_id, r.start_at, r.end_at, r.amps))
@@ -514,7 +535,7 @@ class AdrService:
                     "reservation_id": rid, "state": "reserved", "created_at": now, "updated_at": now}
                    for o in batch if o.meter is not None for seg, rid in o.reserved]
             if new:
-                s.execute(insert(AdrReservation), new)
+                s.execute(insert(AdrReservation.__table__), new)
             cancelled = [rid for o in batch for rid in o.cancelled]
             for chunk in _chunks(cancelled):
                 s.execute(update(AdrReservation).where(AdrReservation.id.in_(chunk))
