@@ -92,10 +92,23 @@ def demo(ctx: click.Context, port: int | None, meters: int | None, data_dir: Pat
     upgrade(hub.db.engine)
     summary = seed_demo(hub)
     click.echo(f"demo data in {settings.database_url}: {summary}")
+    from hub.demo import seed_ieee1888_site
+
+    click.echo(seed_ieee1888_site(hub))
     try:
-        asyncio.run(run_server(hub, settings.http.host, settings.http.port))
+        asyncio.run(run_server(hub, settings.http.host, settings.http.port, on_started=_start_demo_gateway))
     finally:
         hub.close()
+
+
+_DEMO_TASKS: list[asyncio.Task[None]] = []
+
+
+def _start_demo_gateway(url: str) -> None:
+    """Feed the demo site's IEEE 1888 points from a simulated gateway through the hub's own client."""
+    from adapters.ieee1888.demo_gateway import run_demo_gateway
+
+    _DEMO_TASKS.append(asyncio.get_running_loop().create_task(run_demo_gateway(f"{url}/fiap", asyncio.Event())))
 
 
 @main.group()

@@ -82,3 +82,15 @@ def seed_demo(hub: Hub) -> str:
             common_key=f"demo-key-{n:06d}"))
     spread = ", ".join(f"HE{he}: {n}" for he, n in sorted(report.assigned.items()))
     return f"{report.stored} meters on {settings.head_ends} head-ends ({spread}), provisioned and active"
+
+
+IEEE1888_SITE_FILE = "ieee1888_points.toml"
+
+
+def seed_ieee1888_site(hub: Hub) -> str:
+    """Register the demo site's IEEE 1888 points (PV, an EV charger, environment sensors) from
+    mappings/ieee1888_points.toml; the demo gateway (adapters.ieee1888.demo_gateway) feeds them."""
+    from pathlib import Path
+
+    report = hub.fiap.points.load_mapping(Path(__file__).resolve().parents[1] / "mappings" / IEEE1888_SITE_FILE)
+    return f"{report['registered'] + report['updated']} IEEE 1888 points on the demo site"

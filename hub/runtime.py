@@ -71,6 +71,7 @@ class Hub:
         self.collection = CollectionService(self.db, settings.collection, self.head_ends, self.run, alerts=self.alerts,
                                             thresholds=Thresholds.from_section(settings.alerts))
         self.usage = UsageService(self.db, settings.estimation)
+        self.fiap = FiapServices(self.db, settings.ieee1888, self.alerts, self.collection)  # IEEE 1888
         self.controls = ControlService(self.db, self.head_ends, self.run)
         self.reboot_jobs = RebootJobs(self.db, settings.controls, self.search, self.controls, self.run, self.alerts)
         self.cim_reads = CimReadService(self.db)  # many metering points at once, for the 61968-9 edge
