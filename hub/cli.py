@@ -286,6 +286,7 @@ def billing_purge(ctx: click.Context) -> None:
 def conformance(suite: str | None, target: str | None) -> None:
     """Run a conformance suite against an endpoint (lists the suites without arguments)."""
     from conformance import SUITES, run_suite
+    import conformance.ieee1888  # noqa: F401 - registers the IEEE 1888 suite
 
     if suite is None:
         click.echo("conformance suites: " + (", ".join(sorted(SUITES)) or "none yet"))

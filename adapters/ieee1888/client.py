@@ -26,6 +26,7 @@ from adapters.ieee1888.messages import (
     Value,
     envelope,
     parse_envelope,
+    read_capped,
     transport_xml,
 )
 
@@ -64,11 +65,11 @@ class FiapClient:
         try:
             async with self._session.post(url, data=body, timeout=self.timeout, auth=self.auth, headers={
                     "Content-Type": "text/xml;charset=UTF-8", "SOAPAction": f'"{SOAP_FIAP_NS}{action}"'}) as resp:
-                data = await resp.content.read(MAX_ANSWER_BYTES + 1)
                 status = resp.status
+                data = await read_capped(resp.content, MAX_ANSWER_BYTES)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise FiapTransportError(f"{url}: {type(exc).__name__}: {exc}") from None
-        if len(data) > MAX_ANSWER_BYTES:
+        if data is None:
             raise FiapTransportError(f"{url}: answer larger than {MAX_ANSWER_BYTES} bytes")
         try:
             _, t = parse_envelope(data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import UTC, datetime, timedelta, timezone
 from xml.sax.saxutils import escape, quoteattr
 
@@ -211,6 +212,20 @@ def _point(el: etree._Element) -> Point:
 def _point_set(el: etree._Element) -> PointSet:
     return PointSet(_req(el, "id"), [_point_set(c) for c in _children(el, "pointSet")],
                     [_point(c) for c in _children(el, "point")])
+
+
+async def read_capped(stream: Any, cap: int) -> bytes | None:
+    """The whole body, or None as soon as it grows past ``cap`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > cap:
+            return None
+        parts.append(chunk)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from adapters.ieee1888.messages import (
     format_time,
     parse_envelope,
     parse_time,
+    read_capped,
     transport_xml,
 )
 from adapters.ieee1888.trap import TrapManager
@@ -93,8 +94,8 @@ class FiapEndpoint:
         cap = self.settings.max_request_bytes
         if request.content_length is not None and request.content_length > cap:
             return _fault(f"request larger than {cap} bytes refused unread", status=413)
-        data = await request.content.read(cap + 1)
-        if len(data) > cap:
+        data = await read_capped(request.content, cap)
+        if data is None:
             return _fault(f"request larger than {cap} bytes refused", status=413)
         try:
             op, transport = parse_envelope(data)

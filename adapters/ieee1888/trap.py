@@ -28,6 +28,7 @@ from adapters.ieee1888.messages import (
     envelope,
     format_time,
     parse_envelope,
+    read_capped,
     transport_xml,
 )
 
@@ -170,7 +171,7 @@ class TrapManager:
         async with self._session.post(url, data=body, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                                       headers={"Content-Type": "text/xml;charset=UTF-8",
                                                "SOAPAction": f'"{SOAP_FIAP_NS}data"'}) as resp:
-            data = await resp.content.read(1024 * 1024)
+            data = await read_capped(resp.content, 1024 * 1024) or b""
         try:
             _, t = parse_envelope(data)
         except (Malformed, FiapError) as exc:
