@@ -15,13 +15,14 @@ import tempfile
 from pathlib import Path
 
 from bench.billing_export import bench_billing_export
+from bench.collection import bench_collection
 from bench.harness import Run, machine, markdown, write_json
 from bench.fleet import Fleet, write_csv
 from bench.registration import bench_registration, import_devices, prepare_store
 from bench.search import bench_search
 from bench.stores import BACKENDS, fresh_database, postgresql_server
 
-BENCHMARKS = ("registration", "search", "billing")
+BENCHMARKS = ("registration", "search", "billing", "collection")
 
 
 def _names(value: str, known: tuple[str, ...], what: str) -> list[str]:
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{backend}] billing export of a day of {args.devices:,} meters ...", file=sys.stderr,
                           flush=True)
                     bench_billing_export(run, backend, url, args.devices, workdir)
+                if "collection" in args.only:
+                    print(f"[{backend}] collection cycles of {args.devices:,} meters ...", file=sys.stderr, flush=True)
+                    bench_collection(run, backend, url, args.devices, workdir, prepared=True)
     write_json(run, args.out)
     table = markdown(run)
     args.out.with_suffix(".md").write_text(table, encoding="utf-8")

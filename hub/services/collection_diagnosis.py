@@ -79,9 +79,13 @@ class CycleDiagnosis:
         the rows alone (no history)."""
         if not rows:
             return 0
-        batch: list[Row] = list(rows)
+        spiky = self._spiky(rows, ranges, since, until) if checks is None else {}
+        suspects = self._suspects(rows, ranges, set().union(*spiky.values()))
+        if not suspects:
+            return 0
+        batch: list[Row] = list(suspects)
         if checks is None:
-            batch += self._history(rows, since, until, ranges)
+            batch += self._history(suspects, since, ranges, spiky)
         drafts = diagnose(batch, self.thresholds, ranges, since=since if checks is None else None, checks=checks)
         if not drafts:
             return 0
@@ -89,36 +93,68 @@ class CycleDiagnosis:
         fresh = self._unreported(drafts)
         return len(self.alerts.raise_alerts(fresh))
 
+    def _suspects(self, rows: Sequence[Row], ranges: Ranges, spiky: set[Series]) -> list[Row]:
+        """The rows of the registers some check could fire on; the others cannot raise anything,
+        so the (per-register) checks skip them. A register is a suspect when one of its new rows is
+        outside its item's range, off the grid, missing, or has a negative or zero increment, or
+        when its day, closed by the cycle, may hold a spike (``spiky``)."""
+        grid = self.thresholds.slot_minutes * 60
+        suspects: set[Series] = set(spiky)
+        for ld_id, sub, t, value, inc, status in rows:
+            if (ld_id, sub) in suspects:
+                continue
+            if status == "missing" or (inc is not None and inc <= 0) \
+                    or (t.minute * 60 + t.second) % grid or t.microsecond:
+                suspects.add((ld_id, sub))
+            elif value is not None:
+                item = ranges.get(ld_id, {}).get(sub)
+                if item is not None and ((item.min_value is not None and value < item.min_value)
+                                         or (item.max_value is not None and value > item.max_value)):
+                    suspects.add((ld_id, sub))
+        return [r for r in rows if (r[0], r[1]) in suspects]
+
     # history -----------------------------------------------------------------------------------
 
-    def _history(self, rows: Sequence[Row], since: datetime, until: datetime, ranges: Ranges) -> list[Row]:
-        """The stored rows before ``since`` (run checks) and of closed days (spike check) that the
-        batch's registers need."""
-        def cumulative(ld_id: str, sub: int) -> bool:
-            item = ranges.get(ld_id, {}).get(sub)
-            return item is None or item.kind == "cumulative"
+    @staticmethod
+    def _cumulative(ranges: Ranges, ld_id: str, sub: int) -> bool:
+        item = ranges.get(ld_id, {}).get(sub)
+        return item is None or item.kind == "cumulative"
 
+    def _spiky(self, rows: Sequence[Row], ranges: Ranges, since: datetime,
+               until: datetime) -> dict[datetime, set[Series]]:
+        """Per day the cycle closes (its last slot), the batch's registers that may hold a spike."""
+        days = self._closed_days(since, until)
+        if not days:
+            return {}
+        series = {(r[0], r[1]) for r in rows if self._cumulative(ranges, r[0], r[1])}
+        with self.db.session() as s:
+            conn = s.connection()
+            return {day_end: self._spike_candidates(conn, series, day_end - (timedelta(days=1) - SLOT), day_end)
+                    for day_end in days}
+
+    def _history(self, rows: Sequence[Row], since: datetime, ranges: Ranges,
+                 spiky: Mapping[datetime, set[Series]]) -> list[Row]:
+        """The stored rows before ``since`` that the run checks (registers with a missing or zero new
+        row) and the spike check (``spiky``: their whole day) need."""
         runs: set[Series] = set()
         for ld_id, sub, _t, _v, inc, status in rows:
-            if status == "missing" or (inc == 0 and cumulative(ld_id, sub)):
+            if status == "missing" or (inc == 0 and self._cumulative(ranges, ld_id, sub)):
                 runs.add((ld_id, sub))
+        back = since - self.lookback * SLOT
         out: dict[tuple[str, int, datetime], Row] = {}
+        if not runs and not any(spiky.values()):
+            return []
         with self.db.session() as s:
             conn = s.connection()
             if runs:
-                for r in self._read(conn, runs, since - self.lookback * SLOT, since - SLOT):
+                for r in self._read(conn, runs, back, since - SLOT):
                     out[r[:3]] = r
-            series = {(r[0], r[1]) for r in rows if cumulative(r[0], r[1])}
-            for day_end in self._closed_days(since, until):
-                day_start = day_end - (timedelta(days=1) - SLOT)
-                spiky = self._spike_candidates(conn, series, day_start, day_end)
-                if not spiky:
-                    continue
-                lo = min(day_start, since - self.lookback * SLOT)
-                for r in self._read(conn, spiky, lo, since - SLOT):  # the batch holds the rest
-                    out[r[:3]] = r
-        new = {r[:3] for r in rows}
-        return [r for k, r in out.items() if k not in new]
+            for day_end, candidates in spiky.items():
+                if candidates:  # the day before the batch, and the lookback, so runs stay whole
+                    lo = min(day_end - (timedelta(days=1) - SLOT), back)
+                    for r in self._read(conn, candidates, lo, since - SLOT):
+                        out[r[:3]] = r
+        return list(out.values())
 
     @staticmethod
     def _closed_days(since: datetime, until: datetime) -> list[datetime]:

@@ -208,6 +208,22 @@ class _Times:
         return out
 
 
+class _Aware:
+    """Given timestamps as one UTC object per instant, checked (aware) once per distinct value: a
+    batch holds a handful of instants and tens of thousands of rows."""
+
+    def __init__(self) -> None:
+        self._memo: dict[datetime, datetime] = {}
+
+    def __call__(self, value: datetime) -> datetime:
+        out = self._memo.get(value)  # a naive value never equals an aware key, so it is checked
+        if out is None:
+            out = utc(value)
+            out = self._memo.setdefault(out, out)
+            self._memo[value] = out
+        return out
+
+
 def _raw_time(column: Any) -> Any:
     """A timestamp column read without the per-value conversion of :class:`hub.db.UTCDateTime`."""
     return type_coerce(column, DateTime(timezone=True))
@@ -229,11 +245,11 @@ class UsageWriter:
 
         ``fill_status`` is the status a missing row takes when a value arrives for it; with
         ``keep_rows`` the result lists the batch's rows as stored (no read back needed)."""
-        norm = _Times()
+        norm = _Aware()
         values: dict[Key, float] = {}
         for r in reads:
-            values.setdefault((r.ld_id, r.sub_number, norm(utc(r.measured_time))), float(r.value))
-        wanted = {(ld, sub, norm(utc(t))) for ld, sub, t in expected}
+            values.setdefault((r.ld_id, r.sub_number, norm(r.measured_time)), float(r.value))
+        wanted = {(ld, sub, norm(t)) for ld, sub, t in expected}
         result = WriteResult()
         keys = wanted | values.keys()
         if not keys:
