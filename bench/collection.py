@@ -15,6 +15,12 @@ windows, so missing rows, increments spanning a gap and the run checks' read-bac
 work. Baseline, same run, same rows: the rows the hub stored for the second cycle (usage, quote,
 collection log) inserted with the raw driver's ``executemany`` into plain tables with the same
 columns and keys, one transaction per 1,000 meters (the hub's batch size).
+
+The cycle that closes a day (23:30 UTC) also runs the spike check over the day. Its extra cost is
+measured on its own, in this process, over the billing benchmark's generated day of N meters
+(48 slots, 0.4 % missing): the diagnosis of that day's last slot, batch by batch as a cycle stores
+it (the spike pre-selection over the whole day, the run checks' read-back for the missing rows,
+the checks and their alerts).
 """
 
 from __future__ import annotations
@@ -31,13 +37,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import bindparam, create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from bench.harness import Measure, Run
 from bench.fleet import Fleet, write_csv
 from bench.registration import import_devices, prepare_store, run_child
 from bench.stores import HEAD_ENDS, hub_env, settle
+from hub.db import UTCDateTime
+from hub.model import UsageHistory
 
 SLOT = timedelta(minutes=30)
 FIRST_SLOT = datetime(2026, 1, 12, 10, 0, tzinfo=UTC)  # not the billing benchmark's day
@@ -165,6 +173,41 @@ def baseline_insert(url: str, slot: datetime) -> tuple[float, int]:
     return elapsed, len(rows)
 
 
+# the day-closing cycle's diagnosis --------------------------------------------------------------
+
+def day_close_diagnosis(url: str, meters: int) -> tuple[float, int, int]:
+    """Seconds to diagnose the last slot of the billing benchmark's day, batch by batch; (seconds,
+    rows diagnosed, alerts raised). Generates the day first when it is not there."""
+    from bench.billing_export import DAY, SLOTS, generate_day
+    from hub.config import Settings
+    from hub.runtime import Hub
+    from hub.services.collection_diagnosis import Row
+
+    last = DAY + (SLOTS - 1) * SLOT
+    hub = Hub(Settings.model_validate({"database": {"url": url}}))
+    try:
+        with hub.db.engine.connect() as conn:
+            stored = conn.execute(text("SELECT count(*) FROM usage_history WHERE measured_time = :t")
+                                  .bindparams(bindparam("t", type_=UTCDateTime)), {"t": last}).scalar_one()
+        if stored < meters:
+            generate_day(url, meters)
+            settle(url)
+        diagnosis = hub.collection.diagnosis
+        assert diagnosis is not None
+        c = UsageHistory.__table__.c  # type: ignore[attr-defined]
+        with hub.db.session() as s:
+            rows: list[Row] = [tuple(r) for r in s.execute(  # type: ignore[misc]
+                select(c.ld_id, c.sub_number, c.measured_time, c.register_value, c.increment, c.status)
+                .where(c.measured_time == last).order_by(c.ld_id))]
+        started = time.perf_counter()
+        alerts = 0
+        for lo in range(0, len(rows), BATCH):
+            alerts += diagnosis.check(rows[lo:lo + BATCH], since=last, until=last, ranges={}, he_id=None)
+        return time.perf_counter() - started, len(rows), alerts
+    finally:
+        hub.close()
+
+
 # the benchmark -----------------------------------------------------------------------------------
 
 def _count(url: str, sql: str, **params: Any) -> int:
@@ -220,7 +263,10 @@ def bench_collection(run: Run, backend: str, url: str, meters: int, workdir: Pat
                         "raw executemany"))
     run.add(Measure(name, backend, "peak RSS (process, all cycles)", child.peak_rss_mib, "MiB",
                     target=f"< {RSS_TARGET_MIB:.0f} MB", met=child.peak_rss_mib * 1.048576 < RSS_TARGET_MIB))
+    close_s, close_rows, close_alerts = day_close_diagnosis(url, meters)
+    run.add(Measure(name, backend, "day-closing cycle: extra diagnosis", close_s, "s"))
     run.details.setdefault("collection", {})[backend] = {
+        "day_close": {"rows": close_rows, "seconds": round(close_s, 3), "alerts": close_alerts},
         "meters": meters, "readings_per_cycle": expected, "baseline_s": round(base_s, 3),
         "process_wall_s": round(child.wall_s, 2), "process_cpu_s": round(child.cpu_s, 2),
         "peak_rss_mib": round(child.peak_rss_mib, 1),

@@ -191,7 +191,9 @@ class _Binder:
         self._run(sql, [*set_columns, *key_columns], rows)
 
 
-_PG_KEYS = "unnest(%s::text[], %s::int[]) AS k(ld_id, sub_number)"
+_PG_KEYS = ("(SELECT l.ld_id, s.sub_number FROM unnest(%s::text[]) AS l(ld_id) "
+            "CROSS JOIN unnest(%s::int[]) AS s(sub_number)) AS k")
+"""Every register of the batch's LD_IDs (a batch reads the same registers of each of its devices)."""
 _PG_VALUES = "u.register_value, u.status, u.increment, u.recollected_increment, u.quality"
 
 
@@ -332,12 +334,11 @@ class UsageWriter:
         norm = _Times()
         out: dict[Key, _Row] = {}
         if conn.dialect.name == "postgresql":
-            series = sorted({(k[0], k[1]) for k in keys})
             rows = conn.exec_driver_sql(
                 f"SELECT u.ld_id, u.sub_number, u.measured_time, {_PG_VALUES} FROM {_PG_KEYS} "
                 "JOIN usage_history u ON u.ld_id = k.ld_id AND u.sub_number = k.sub_number "
                 "WHERE u.measured_time BETWEEN %s AND %s",
-                ([s[0] for s in series], [s[1] for s in series], lo, hi))
+                (ld_ids, subs, lo, hi)).fetchall()
             for ld_id, sub, t, *rest in rows:
                 out[(ld_id, sub, norm(t))] = _Row(*rest)
             return out
@@ -361,14 +362,13 @@ class UsageWriter:
                 c.recollected_increment, c.quality)
         found: dict[Series, tuple[datetime, _Row]] = {}
         if conn.dialect.name == "postgresql":  # one index probe per register, however far back
-            ordered = sorted(series)
             rows = conn.exec_driver_sql(
                 f"SELECT k.ld_id, k.sub_number, u.measured_time, {_PG_VALUES} FROM {_PG_KEYS} "
                 "CROSS JOIN LATERAL (SELECT * FROM usage_history u WHERE u.ld_id = k.ld_id "
                 "AND u.sub_number = k.sub_number AND u.register_value IS NOT NULL "
                 f"AND u.measured_time {'<' if before else '>'} %s "
                 f"ORDER BY u.measured_time {'DESC' if before else 'ASC'} LIMIT 1) u",
-                ([s[0] for s in ordered], [s[1] for s in ordered], edge))
+                (sorted({s[0] for s in series}), sorted({s[1] for s in series}), edge)).fetchall()
             for ld_id, sub, t, *rest in rows:
                 found[(ld_id, sub)] = (norm(t), _Row(*rest))
             return found
