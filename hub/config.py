@@ -255,17 +255,6 @@ class DeliverySection(_Section):
     retention_days: int = Field(45, ge=1, le=3660, description="Files older than this are deleted.")
 
 
-class CimSection(_Section):
-    """The IEC 61968-9 / 61968-100 edge (/cim/messages, /cim/soap)."""
-
-    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024,
-                                   description="Largest 61968-100 message accepted; larger ones are refused unread.")
-    reply_addresses: list[str] = Field(default_factory=list,
-                                       description="URL prefixes asynchronous replies may be sent to (allow-list).")
-    reply_timeout_s: float = Field(30.0, gt=0, description="Time allowed to deliver one asynchronous reply.")
-    source: str = Field("mdmhub", description="Header/Source of the messages the hub sends.")
-
-
 class FiapUpstreamSection(_Section):
     """An IEEE 1888 storage the hub forwards selected points to (``[[ieee1888.upstreams]]``)."""
 
@@ -335,7 +324,6 @@ class Settings(BaseSettings):
     estimation: EstimationSection = EstimationSection()
     alerts: AlertsSection = AlertsSection()
     nms: NmsSection = NmsSection()
-    cim: CimSection = CimSection()
     access: AccessSection = AccessSection()
     privacy: PrivacySection = PrivacySection()
     delivery: DeliverySection = DeliverySection()

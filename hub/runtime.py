@@ -26,8 +26,8 @@ from hub.services.cim_readings import CimReadService
 from hub.services.collection import CollectionService
 from hub.services.diagnosis import Thresholds
 from hub.services.concentrators import ConcentratorService
-from hub.services.controls import ControlService
 from hub.services.fiap_services import FiapServices
+from hub.services.controls import ControlService
 from hub.services.installation import InstallationService
 from hub.services.jobs import RebootJobs
 from hub.services.provisioning import ProvisioningService
@@ -35,11 +35,11 @@ from hub.services.registry import RegistryService
 from hub.services.search import SearchService
 from hub.services.units import UnitService
 from hub.services.usage import UsageService
-from hub.throttle import ThrottleLimits
 from hub.services.access import AccessService
 from hub.services.delivery import DeliveryService
 from hub.services.portal import PortalService
 from hub.services.public import PublicDataService
+from hub.throttle import ThrottleLimits
 
 T = TypeVar("T")
 
@@ -72,14 +72,14 @@ class Hub:
                                             thresholds=Thresholds.from_section(settings.alerts))
         self.usage = UsageService(self.db, settings.estimation)
         self.fiap = FiapServices(self.db, settings.ieee1888, self.alerts, self.collection)  # IEEE 1888
-        self.controls = ControlService(self.db, self.head_ends, self.run)
-        self.reboot_jobs = RebootJobs(self.db, settings.controls, self.search, self.controls, self.run, self.alerts)
-        self.cim_reads = CimReadService(self.db)  # many metering points at once, for the 61968-9 edge
         self.access = AccessService(self.db, settings.access)  # one caller resolution for every edge
         self.public = PublicDataService(self.db, settings.privacy)
         self.portal = PortalService(self.db, self.access, self.public)
         self.delivery = DeliveryService(self.db, settings.delivery, settings.privacy, settings.data.dir)
+        self.cim_reads = CimReadService(self.db)  # many metering points at once, for the 61968-9 edge
         self.adr = AdrService(self.db, self.head_ends, self.run, settings.openadr)
+        self.controls = ControlService(self.db, self.head_ends, self.run)
+        self.reboot_jobs = RebootJobs(self.db, settings.controls, self.search, self.controls, self.run, self.alerts)
         self.scheduler = CollectionScheduler(
             self.collection, self.head_ends.he_ids, interval=timedelta(minutes=settings.collection.interval_minutes),
             recollect_every=timedelta(minutes=settings.collection.recollect_every_minutes),

@@ -8,9 +8,9 @@ from adapters.rest.common import HUB_KEY, ok
 from adapters.rest.openapi import build_openapi
 from adapters.rest.resources import admin, alerts, certificates, concentrators, lifecycle, registration, search
 from adapters.rest.resources import collection
-from adapters.rest.resources import usage
 from adapters.rest.resources import adr
 from adapters.rest.resources import portal, public
+from adapters.rest.resources import usage
 from adapters.rest.resources import controls
 from adapters.rest.resources import fiap_points
 from adapters.rest.routing import ApiRoutes
@@ -19,9 +19,9 @@ from hub.runtime import Hub
 RESOURCE_MODULES = [admin, registration, search, concentrators, lifecycle, certificates, alerts]
 RESOURCE_MODULES += [fiap_points]
 RESOURCE_MODULES += [collection]
-RESOURCE_MODULES += [usage]
 RESOURCE_MODULES += [adr]
 RESOURCE_MODULES += [public, portal]
+RESOURCE_MODULES += [usage]
 RESOURCE_MODULES += [controls]
 
 
