@@ -59,9 +59,19 @@ def _run_scheduler(app: web.Application, hub: Hub) -> None:
     app.on_cleanup.append(stop)
 
 
+async def _close_interrupted_jobs(app: web.Application) -> None:
+    """Reboot jobs a previous process left running are marked interrupted (they do not resume)."""
+    hub = app[HUB_APP_KEY]
+    count = await hub.run(hub.reboot_jobs.interrupted)
+    if count:
+        log.warning("reboot jobs interrupted by the last stop", extra={"jobs": count})
+
+
 def create_app(hub: Hub) -> web.Application:
     """Build the application with every edge mounted; the caller owns the hub's lifetime."""
     from adapters.rest import setup_rest  # composition root: the one place the core wires edges in
+    from adapters.rest.app import describe_xml_endpoints
+    from adapters.rest.openapi import XmlEndpoint
     from adapters.rest.problems import problem_middleware
     from adapters.rest.routing import ApiRoutes
 
@@ -75,13 +85,33 @@ def create_app(hub: Hub) -> web.Application:
     from adapters.public import install as install_public_soap  # secondary-use SOAP at /public/soap
 
     install_public_soap(app, hub)
+    describe_xml_endpoints(
+        app,
+        XmlEndpoint("/public/soap", "POST", "Secondary-use SOAP API (aggregates, DR and quality summaries)",
+                    "public", "the WSDL at /public/soap?wsdl (docs/public-api.md)"),
+        XmlEndpoint("/public/soap", "GET", "WSDL of the secondary-use SOAP API (?wsdl)", "public",
+                    "WSDL 1.1", media="text/xml"))
     from adapters.cim import install as install_cim  # 61968-9: /cim/messages, /cim/soap
 
     install_cim(app, hub)
+    describe_xml_endpoints(
+        app,
+        XmlEndpoint("/cim/messages", "POST", "IEC 61968-100 RequestMessage / EventMessage as plain XML",
+                    "cim", "IEC 61968-100 Message.xsd and the 61968-9 profiles (docs/cim.md)"),
+        XmlEndpoint("/cim/soap", "POST", "IEC 61968-100 messages over SOAP 1.1, one operation per verb and noun",
+                    "cim", "the WSDL at /cim/soap?wsdl (docs/cim.md)"),
+        XmlEndpoint("/cim/soap", "GET", "WSDL of the 61968-100 SOAP service (?wsdl)", "cim", "WSDL 1.1"),
+        XmlEndpoint("/cim/schemas/{name}", "GET", "The XSDs the WSDL imports", "cim", "XML Schema 1.0"))
     if hub.settings.ieee1888.enabled:
         from adapters.ieee1888 import install as install_fiap  # IEEE 1888 storage at /fiap
 
         install_fiap(app, hub)
+        describe_xml_endpoints(
+            app,
+            XmlEndpoint("/fiap", "POST", "IEEE 1888 storage: data (WRITE) and query (FETCH, TRAP) over SOAP 1.1",
+                        "ieee1888", "the WSDL at /fiap?wsdl (docs/ieee1888.md)"),
+            XmlEndpoint("/fiap", "GET", "WSDL of the IEEE 1888 storage (?wsdl)", "ieee1888", "WSDL 1.1"))
+    app.on_startup.append(_close_interrupted_jobs)
     if hub.settings.collection.enabled and hub.head_ends.available:
         _run_scheduler(app, hub)
     if hub.settings.mqtt.enabled:

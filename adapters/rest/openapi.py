@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -78,3 +79,35 @@ def build_openapi(routes: ApiRoutes, version: str) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": components},
     }
+
+
+@dataclass(frozen=True)
+class XmlEndpoint:
+    """A route of an XML or SOAP edge (61968-100, IEEE 1888, the public SOAP API), listed in the
+    OpenAPI document so every served route is described in one place; its messages are defined by
+    its WSDL or XSDs, which ``doc`` names."""
+
+    path: str
+    method: str
+    summary: str
+    tag: str
+    doc: str
+    media: str = "text/xml"
+
+
+def xml_paths(endpoints: list[XmlEndpoint]) -> dict[str, dict[str, Any]]:
+    paths: dict[str, dict[str, Any]] = {}
+    for ep in endpoints:
+        entry: dict[str, Any] = {
+            "summary": ep.summary,
+            "description": f"Not JSON: messages as defined by {ep.doc}.",
+            "tags": [ep.tag],
+            "operationId": f"{ep.method.lower()}_{re.sub(r'[^a-zA-Z0-9]+', '_', ep.path).strip('_')}",
+            "parameters": [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                           for name in _PATH_PARAM.findall(ep.path)],
+            "responses": {"200": {"description": "success", "content": {ep.media: {"schema": {"type": "string"}}}}},
+        }
+        if ep.method.upper() == "POST":
+            entry["requestBody"] = {"required": True, "content": {ep.media: {"schema": {"type": "string"}}}}
+        paths.setdefault(ep.path, {})[ep.method.lower()] = entry
+    return paths
