@@ -280,6 +280,44 @@ def billing_purge(ctx: click.Context) -> None:
     click.echo(json.dumps(_billing_call(ctx, "purge")))
 
 
+@main.group()
+def access() -> None:
+    """API clients of the secondary-use, delivery and administration APIs."""
+
+
+@access.command("create-client")
+@click.argument("client_id")
+@click.option("--scope", "scopes", multiple=True, required=True,
+              help="A scope to grant (repeat): public:read, customer:read, delivery:read, portal:admin, access:admin.")
+@click.option("--name", default=None, help="Who the client is, for the access log.")
+@click.option("--ip-allow", "ip_allow", multiple=True, help="An address or CIDR the client may call from (repeat).")
+@click.pass_context
+def access_create_client(ctx: click.Context, client_id: str, scopes: tuple[str, ...], name: str | None,
+                         ip_allow: tuple[str, ...]) -> None:
+    """Create an API client and print its key (shown this once only): the first access:admin client
+    is made here, the rest can be managed over /api/v1/access/clients."""
+    from pydantic import ValidationError
+
+    from hub.migrate import upgrade
+    from hub.runtime import Hub
+    from hub.services.access import ClientIn
+    from hub.services.errors import ServiceError
+
+    try:
+        data = ClientIn(client_id=client_id, name=name, scopes=list(scopes), ip_allow=list(ip_allow))
+    except ValidationError as exc:
+        raise click.ClickException("; ".join(e["msg"] for e in exc.errors())) from None
+    hub = Hub(_settings(ctx.find_root()))
+    try:
+        upgrade(hub.db.engine)
+        created = hub.access.create_client(data)
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        hub.close()
+    click.echo(json.dumps(created, indent=2, default=str))
+
+
 @main.command()
 @click.argument("suite", required=False)
 @click.option("--target", help="URL of the endpoint under test.")

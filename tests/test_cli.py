@@ -82,3 +82,22 @@ def test_demo_starts_a_hub_that_answers_health_and_lists_its_meters(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_access_create_client_prints_a_key_once_that_the_hub_then_accepts(tmp_path):
+    url = f"sqlite:///{tmp_path / 'access.db'}"
+    env = {"MDMHUB_DATABASE_URL": url, "MDMHUB_LOG_FORMAT": "text"}
+    created = run_cli(["access", "create-client", "signage", "--scope", "public:read", "--name", "lobby signage"], env)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)["key"]
+    hub = Hub(Settings.model_validate({"database": {"url": url}}), Database.from_url(url))
+    try:
+        caller = hub.access.resolve(key, "127.0.0.1")
+        assert caller.has("public:read") and not caller.has("access:admin")
+        assert "key" not in hub.access.list_clients()[0]  # stored as a hash only
+    finally:
+        hub.close()
+    again = run_cli(["access", "create-client", "signage", "--scope", "public:read"], env)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    unknown = run_cli(["access", "create-client", "x", "--scope", "everything"], env)
+    assert unknown.returncode != 0 and "unknown scopes: everything" in unknown.stderr
