@@ -178,7 +178,7 @@ class CollectionService:
             raise
         view = await self._run(self.runs.finish, run_id, **tally.counters())
         log.info("collection run", extra={k: view[k] for k in ("he_id", "kind", "slot_time", "targets", "normal",
-                                                              "missing", "failures")})
+                                                              "missing", "alerts", "failures")})
         return view
 
     def _prepare(self, he_id: int) -> tuple[HeadEndSpec, list[Target], Ranges]:
