@@ -170,3 +170,17 @@ async def test_rest_refuses_bad_slots_and_unknown_head_ends_with_problems(chub, 
 async def test_without_head_end_adapters_manual_cycles_are_refused(client):
     resp = await client.post("/api/v1/head-ends/1/collection", json={})
     assert resp.status == 503 and (await resp.json())["type"].endswith("head-ends-unavailable")
+
+
+async def test_re_collection_asks_the_head_end_at_its_own_lower_priority(chub, clock):
+    from hub.throttle import Priority
+
+    install_meters(chub, {1: 10})
+    set_head_end(chub, 1, failure_rate=0.5)
+    await _collect(chub, clock, 2)
+    limiter = chub.head_ends.access(1).throttle.head_end
+    before = dict(limiter.granted)
+    clock.now = START + 2 * SLOT
+    assert (await chub.collection.recollect())["recollected"] > 0
+    assert limiter.granted[Priority.RECOLLECTION] > before.get(Priority.RECOLLECTION, 0)
+    assert limiter.granted[Priority.COLLECTION] == before.get(Priority.COLLECTION, 0)

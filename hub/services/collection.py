@@ -47,6 +47,7 @@ from hub.services.diagnosis import ROW_CHECKS, Ranges, Thresholds
 from hub.services.errors import InvalidInput
 from hub.services.quality import Quality
 from hub.services.usage_writer import USAGE, Key, UsageWriter, WriteResult, utc
+from hub.throttle import Priority
 
 log = logging.getLogger("mdmhub.collection")
 T = TypeVar("T")
@@ -329,7 +330,8 @@ class CollectionService:
             for ld_id in sorted({k[0] for k in keys}):
                 by_subs.setdefault(live[ld_id].sub_numbers, []).append(live[ld_id].meter)
             for subs, meters in by_subs.items():
-                async for batch, result in access.read_history(meters, first, last, subs):
+                async for batch, result in access.read_history(meters, first, last, subs,
+                                                               priority=Priority.RECOLLECTION):
                     reads = [r for r in result.reads if (r.ld_id, r.sub_number, utc(r.measured_time)) in wanted]
                     for m in batch:
                         error = result.failures.get(m.ld_id)
