@@ -21,8 +21,9 @@ from hub.runtime import Hub
 from hub.services.admin import DeviceTypeIn, ParameterGroupIn, ParameterItemIn
 from hub.services.alerts import AlertFilter
 from hub.services.diagnosis import MISSING_RUN, OUT_OF_RANGE, SPIKE, ZERO_RUN
+from hub.services.quality import Quality
 from hub.services.usage_writer import UsageWriter
-from tests.collecting import SLOT, START, Clock, device_key, install_meters, set_head_end
+from tests.collecting import SLOT, START, Clock, device_key, install_meters, set_head_end, usage_rows
 
 NARROW_TYPE = 102
 
@@ -75,6 +76,8 @@ async def test_a_meter_out_of_range_raises_one_alert_per_cycle_and_none_when_the
     assert (alert["code"], alert["ld_id"], alert["he_id"], alert["severity"]) == (OUT_OF_RANGE, lds[1], 1, "warning")
     assert alert["details"]["sub_number"] == 1 and alert["details"]["max_value"] == 10
     assert alert["details"]["first"] == START.isoformat().replace("+00:00", "Z")
+    flagged = {(r.ld_id, r.sub_number) for r in usage_rows(dhub) if r.quality & Quality.QUESTIONABLE}
+    assert flagged == {(lds[1], 1)}  # the value stays; the flag says a check rejected it
 
     again = await dhub.collection.collect(1, START)  # finished: not run again
     forced = await dhub.collection.collect(1, START, force=True)  # run again: nothing new to report
@@ -173,3 +176,6 @@ async def test_a_spiky_day_is_found_by_the_cycle_that_closes_it(dhub):
     (alert,) = _alerts(dhub)
     assert (alert["code"], alert["ld_id"], alert["details"]["highest"]) == (SPIKE, "LD-SPIKY", 4.0)
     assert diagnosis.check(stored.rows, since=at, until=at, ranges=ranges, he_id=1) == 0  # once
+    questionable = [(r.ld_id, r.measured_time, r.increment) for r in usage_rows(dhub)
+                    if r.quality & Quality.QUESTIONABLE]
+    assert questionable == [("LD-SPIKY", day + 20 * SLOT, 4.0)]

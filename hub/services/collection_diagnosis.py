@@ -26,25 +26,48 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, and_, bindparam, func, select
 
-from hub.db import Database
+from hub.db import Database, UTCDateTime
 from hub.model import Alert, ParameterGroupItem
 from hub.ports import SLOT_SECONDS
 from hub.services.alerts import AlertService
 from hub.services.diagnosis import (
+    OUT_OF_RANGE,
     SOURCE,
+    SPIKE,
     AlertDraft,
     ItemRange,
     Ranges,
     Thresholds,
     diagnose,
 )
+from hub.services.quality import Quality
 from hub.services.usage_writer import IN_CHUNK, USAGE, _raw_time, _Times
 
 SLOT = timedelta(seconds=SLOT_SECONDS)
 Row = tuple[str, int, datetime, float | None, float | None, str]
 Series = tuple[str, int]
+
+
+def questionable_rows(rows: Sequence[Row], drafts: Sequence[AlertDraft],
+                      ranges: Ranges) -> list[tuple[str, int, datetime]]:
+    """The stored rows a validation check rejected: values outside their item's range (when the
+    out-of-range check fired) and each spike's highest interval. They keep their value and take
+    the ``questionable`` flag, so readers and billing can tell."""
+    codes = {d.code for d in drafts}
+    keys: list[tuple[str, int, datetime]] = []
+    if OUT_OF_RANGE in codes:
+        for ld_id, sub, t, value, _inc, _status in rows:
+            item = ranges.get(ld_id, {}).get(sub)
+            if value is not None and item is not None and (
+                    (item.min_value is not None and value < item.min_value)
+                    or (item.max_value is not None and value > item.max_value)):
+                keys.append((ld_id, sub, t))
+    for d in drafts:
+        if d.code == SPIKE and d.ld_id is not None:
+            keys.append((d.ld_id, int(d.details["sub_number"]), datetime.fromisoformat(d.details["measured_time"])))
+    return keys
 
 
 def group_ranges(db: Database) -> dict[int, dict[int, ItemRange]]:
@@ -89,9 +112,22 @@ class CycleDiagnosis:
         drafts = diagnose(batch, self.thresholds, ranges, since=since if checks is None else None, checks=checks)
         if not drafts:
             return 0
+        self._mark_questionable(questionable_rows(suspects, drafts, ranges))
         drafts = [dataclasses.replace(d, he_id=he_id) for d in drafts]
         fresh = self._unreported(drafts)
         return len(self.alerts.raise_alerts(fresh))
+
+    def _mark_questionable(self, keys: list[tuple[str, int, datetime]]) -> None:
+        if not keys:
+            return
+        c = USAGE.c
+        with self.db.session() as s:
+            s.connection().execute(
+                USAGE.update()
+                .where(c.ld_id == bindparam("k_ld"), c.sub_number == bindparam("k_sub"),
+                       c.measured_time == bindparam("k_t", type_=UTCDateTime))
+                .values(quality=c.quality.op("|")(int(Quality.QUESTIONABLE))),
+                [{"k_ld": ld, "k_sub": sub, "k_t": t} for ld, sub, t in keys])
 
     def _suspects(self, rows: Sequence[Row], ranges: Ranges, spiky: set[Series]) -> list[Row]:
         """The rows of the registers some check could fire on; the others cannot raise anything,

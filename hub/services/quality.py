@@ -12,7 +12,7 @@ new bits. Names are what the API shows. The same bit set describes a stored vers
 | 3 | 8 | estimated-interpolated | an estimate by linear interpolation across a gap; computed when read, never stored (:mod:`hub.services.estimation`) |
 | 4 | 16 | estimated-flat | an estimate by flat fill at the edge of the data; computed when read, never stored |
 | 5 | 32 | edited | a stored version after collection (by hand or a billing correction); the raw row stays (:mod:`hub.services.usage_versions`) |
-| 6 | 64 | questionable | reserved for a value a validation check rejects; checks raise alerts (:mod:`hub.services.diagnosis`), none sets it yet |
+| 6 | 64 | questionable | a validation check rejected the value (outside its register's range, or a day's spike); the value is kept, an alert says why (:mod:`hub.services.collection_diagnosis`) |
 | 7 | 128 | negative-increment | the register went backwards (meter replacement): kept negative for billing to correct |
 | 8 | 256 | spans-gap | the increment covers more than one interval, because earlier snapshots are missing |
 | 9 | 512 | recalculated | ``recollected_increment`` holds the increment recomputed after a gap before it was filled |
