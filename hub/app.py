@@ -85,6 +85,9 @@ def create_app(hub: Hub) -> web.Application:
     from adapters.public import install as install_public_soap  # secondary-use SOAP at /public/soap
 
     install_public_soap(app, hub)
+    from adapters.dashboard import install as install_dashboard  # operations dashboard at /dashboard
+
+    install_dashboard(app, hub)
     describe_xml_endpoints(
         app,
         XmlEndpoint("/public/soap", "POST", "Secondary-use SOAP API (aggregates, DR and quality summaries)",

@@ -23,6 +23,7 @@ from hub.services.alerts import AlertService
 from hub.services.billing import BillingService
 from hub.services.certificates import CertificateService
 from hub.services.cim_readings import CimReadService
+from hub.services.message_outbox import MessageOutboxService
 from hub.services.collection import CollectionService
 from hub.services.diagnosis import Thresholds
 from hub.services.concentrators import ConcentratorService
@@ -36,6 +37,7 @@ from hub.services.search import SearchService
 from hub.services.units import UnitService
 from hub.services.usage import UsageService
 from hub.services.access import AccessService
+from hub.services.dashboard import DashboardService
 from hub.services.delivery import DeliveryService
 from hub.services.portal import PortalService
 from hub.services.public import PublicDataService
@@ -76,7 +78,9 @@ class Hub:
         self.public = PublicDataService(self.db, settings.privacy)
         self.portal = PortalService(self.db, self.access, self.public)
         self.delivery = DeliveryService(self.db, settings.delivery, settings.privacy, settings.data.dir)
+        self.dashboard = DashboardService(self.db, settings.privacy.timezone, clock=lambda: self.collection.clock())
         self.cim_reads = CimReadService(self.db)  # many metering points at once, for the 61968-9 edge
+        self.outbox = MessageOutboxService(self.db)  # messages edges publish, kept until acknowledged
         self.adr = AdrService(self.db, self.head_ends, self.run, settings.openadr)
         self.controls = ControlService(self.db, self.head_ends, self.run)
         self.reboot_jobs = RebootJobs(self.db, settings.controls, self.search, self.controls, self.run, self.alerts)

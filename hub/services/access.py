@@ -41,6 +41,7 @@ SCOPES = {
     "delivery:read": "daily CSV files of the client's customers and delivery groups",
     "portal:admin": "the portal back end: register accounts, issue temporary passwords",
     "access:admin": "manage API clients and export the access log",
+    "ops:read": "the operations dashboard (meter states, fleet energy, alerts, collection health, DR events)",
 }
 PORTAL_EDIT = "portal:edit"  # held by accounts with edit rights
 PORTAL_READ = "portal:read"
