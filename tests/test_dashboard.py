@@ -1,6 +1,6 @@
 """The operations dashboard: its JSON from a hub fed by the real head-end simulator, the login gate,
 and the page itself rendered by a real headless Chromium that signs in, finds the numbers the API
-gives and saves a screenshot (tests/output/dashboard.png)."""
+gives and saves a screenshot (test-output/dashboard-<backend>.png)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from hub.runtime import Hub
 from hub.services.access import ClientIn
 from tests.collecting import SLOT, START, Clock, collecting_hub, install_meters
 
-OUTPUT = Path(__file__).parent / "output"
+OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
 XSS = '<img src=x onerror="document.body.dataset.pwned=1">'
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -124,3 +124,102 @@ def _LogQ():  # type: ignore[no-untyped-def]
     from hub.services.access import AccessLogQuery
 
     return AccessLogQuery()
+
+
+# --- the page in a real headless Chromium, driven over the DevTools protocol ---------------------
+class Browser:
+    """A headless Chromium (Debian's package) and one page, driven over the DevTools WebSocket."""
+
+    def __init__(self) -> None:
+        assert CHROMIUM, "the chromium package is required (apt-get install chromium)"
+        self.profile = tempfile.mkdtemp(prefix="mdmhub-chromium-")
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--no-first-run", "--remote-debugging-port=0", f"--user-data-dir={self.profile}",
+             "--window-size=1280,1000", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.ids = 0
+
+    async def open(self) -> None:
+        port_file = Path(self.profile) / "DevToolsActivePort"
+        for _ in range(300):
+            if port_file.exists() and port_file.read_text().strip():
+                break
+            await asyncio.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        self.http = aiohttp.ClientSession()
+        async with self.http.get(f"http://127.0.0.1:{port}/json/list") as resp:
+            target = next(t for t in await resp.json() if t["type"] == "page")
+        self.ws = await self.http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=64 << 20)
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.ids += 1
+        await self.ws.send_json({"id": self.ids, "method": method, "params": params})
+        while True:
+            msg = json.loads((await self.ws.receive()).data)
+            if msg.get("id") == self.ids:
+                assert "error" not in msg, msg
+                return msg["result"]
+
+    async def js(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout: float = 15.0) -> Any:
+        for _ in range(int(timeout / 0.1)):
+            if value := await self.js(expression):
+                return value
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {expression}")
+
+    async def close(self) -> None:
+        if getattr(self, "ws", None) is not None:
+            await self.ws.close()
+            await self.http.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+async def test_chromium_signs_in_and_shows_the_numbers_the_api_gives(dhub, clock, dclient):
+    await seed(dhub, clock)
+    key = key_for(dhub, ["ops:read"])
+    api = await (await dclient.get("/api/v1/dashboard/overview", headers={"Authorization": f"Bearer {key}"})).json()
+    base = f"http://127.0.0.1:{dclient.server.port}"
+    browser = Browser()
+    try:
+        await browser.open()
+        await browser.call("Page.enable")
+        await browser.call("Page.navigate", url=base + "/dashboard")
+        await browser.wait_for("document.readyState === 'complete' && !!document.getElementById('login-form')")
+        # a wrong key is refused and the board stays hidden
+        await browser.js("document.getElementById('key').value = 'mdk_nobody.wrong';"
+                         "document.getElementById('login-button').click()")
+        assert "refused" in await browser.wait_for("document.getElementById('login-error').textContent")
+        assert await browser.js("document.getElementById('board').classList.contains('hidden')")
+        await browser.js(f"document.getElementById('key').value = {json.dumps(key)};"
+                         "document.getElementById('login-button').click()")
+        await browser.wait_for("document.body.dataset.loaded === 'true'")
+        for state in ("communicating", "never_seen", "not_communicating", "disposed"):
+            shown = await browser.js(f"document.querySelector('#meters-{state} b').textContent")
+            assert shown == str(api["meters"][state]), state
+        assert float(await browser.js("document.getElementById('energy-total').dataset.kwh")) == \
+            pytest.approx(api["energy_today"]["total_kwh"])
+        assert await browser.js("!!document.getElementById('today-line') && !!document.getElementById('band')")
+        he = api["collection"][0]
+        row = await browser.js(f"document.getElementById('he-{he['he_id']}').textContent")
+        assert f"{he['missing_24h']} / {he['expected_24h']}" in row
+        # the alert's markup is shown as text, never run
+        alert_id = api["alerts"][0]["id"]
+        assert XSS in await browser.js(f"document.getElementById('alert-{alert_id}').textContent")
+        assert await browser.js("document.body.dataset.pwned === undefined && !document.querySelector('#alerts img')")
+        assert "EV-DASH" in await browser.js("document.getElementById('events').textContent")
+        shot = await browser.call("Page.captureScreenshot", format="png")
+        OUTPUT.mkdir(exist_ok=True)
+        import base64
+
+        backend = dhub.db.backend
+        (OUTPUT / f"dashboard-{backend}.png").write_bytes(base64.b64decode(shot["data"]))
+        assert (OUTPUT / f"dashboard-{backend}.png").stat().st_size > 10_000
+    finally:
+        await browser.close()
