@@ -147,6 +147,9 @@ class OpenAdrSection(_Section):
                                   "reservation outcome; later outcomes go to the action history only.")
     fanout_concurrency: int = Field(512, ge=1, le=100_000, description="Metering points whose reservations "
                                     "are in progress at once (each head-end's own concurrency still applies).")
+    answer_inline_max: int = Field(1000, ge=0, le=10_000_000, description="Above this many targeted "
+                                   "policies, the opt answer is decided from the distinct policy shapes and "
+                                   "per-LD matching runs after answering.")
 
 
 class MqttSection(_Section):
@@ -218,6 +221,17 @@ class NmsSection(_Section):
     resend_seconds: float = Field(60.0, ge=1, description="How often alerts the NMS did not get are sent again.")
 
 
+class CimSubscriber(_Section):
+    """An enterprise system that gets 61968-9 EventMessages POSTed to ``url`` for the nouns it names."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="Key of the subscriber (its queue).")
+    url: str = Field(pattern=r"^https?://", description="Where EventMessages are POSTed (plain XML).")
+    nouns: list[Literal["EndDeviceEvents", "MeterReadings"]] = Field(
+        default_factory=lambda: ["EndDeviceEvents", "MeterReadings"], description="Nouns it wants.")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="Time allowed for one delivery.")
+
+
 class CimSection(_Section):
     """The IEC 61968-9 / 61968-100 edge (/cim/messages, /cim/soap)."""
 
@@ -227,6 +241,14 @@ class CimSection(_Section):
                                        description="URL prefixes asynchronous replies may be sent to (allow-list).")
     reply_timeout_s: float = Field(30.0, gt=0, description="Time allowed to deliver one asynchronous reply.")
     source: str = Field("mdmhub", description="Header/Source of the messages the hub sends.")
+    subscribers: list[CimSubscriber] = Field(default_factory=list,
+                                             description="Enterprise systems the hub publishes 61968-9 events to.")
+    publish_interval_s: float = Field(5.0, gt=0, description="How often queued events are offered to subscribers.")
+    retry_min_s: float = Field(5.0, gt=0, description="First wait after a failed delivery (doubles each time).")
+    retry_max_s: float = Field(900.0, gt=0, description="Longest wait between delivery attempts.")
+    publish_batch: int = Field(50, ge=1, le=10000, description="Messages sent to one subscriber per round.")
+    readings_per_message: int = Field(1000, ge=1, le=100000,
+                                      description="Metering points per created MeterReadings message (parts).")
 
 
 class AccessSection(_Section):

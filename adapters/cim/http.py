@@ -31,7 +31,7 @@ from aiohttp import web
 from lxml import etree
 
 import schemas
-from adapters.cim import wsdl, xmlsafe
+from adapters.cim import publish, wsdl, xmlsafe
 from adapters.cim.envelope import Message, Reply, build_element, reply_to, wrapper_for
 from adapters.cim.service import CimEdge, error_item, lenient_header, served
 
@@ -184,6 +184,7 @@ def install(app: web.Application, hub: Hub) -> CimEdge:
     edge = CimEdge(hub, hub.settings.cim)
     app[CIM_EDGE] = edge
     make_delivery(edge, app)
+    edge.publisher = publish.install(app, hub)  # created EndDeviceEvents / MeterReadings to subscribers
     app.router.add_post("/cim/messages", post_message)
     app.router.add_post("/cim/soap", post_soap)
     app.router.add_get("/cim/soap", get_soap)

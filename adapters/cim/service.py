@@ -97,6 +97,7 @@ class CimEdge:
         self._busy: dict[tuple[str, str], asyncio.Future[Message]] = {}
         self.background: set[asyncio.Task[Any]] = set()
         self.deliver: Callable[[str, Message, str], Awaitable[None]] | None = None  # set by the transport
+        self.publisher: Any = None  # adapters.cim.publish.Publisher, set by install
 
     # helpers for handlers ------------------------------------------------------------------------
 

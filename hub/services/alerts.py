@@ -11,7 +11,7 @@ mark failed is sent again).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -84,6 +84,9 @@ class AlertService:
     def __init__(self, db: Database, notifier: AlertNotifier | None = None) -> None:
         self.db = db
         self.notifier = notifier
+        self.listeners: list[Callable[[Sequence[AlertRecord]], None]] = []
+        """Called with every batch of new alerts once stored (other edges' publishers, e.g. 61968-9
+        events); each must queue durably and return fast. A failing listener is logged, never raised."""
 
     def raise_alerts(self, drafts: Iterable[AlertDraft]) -> list[int]:
         """Store the drafts (one insert), then notify; returns the new alert ids in draft order."""
@@ -95,8 +98,14 @@ class AlertService:
             return []
         with self.db.session() as s:
             ids = list(s.scalars(insert(Alert).returning(Alert.id, sort_by_parameter_order=True), rows))
-        self._notify([AlertRecord(id=i, **{k: v for k, v in row.items() if k != "nms_sent_at"})
-                      for i, row in zip(ids, rows, strict=True)])
+        records = [AlertRecord(id=i, **{k: v for k, v in row.items() if k != "nms_sent_at"})
+                   for i, row in zip(ids, rows, strict=True)]
+        for listener in self.listeners:
+            try:
+                listener(records)
+            except Exception:  # noqa: BLE001 - a broken publisher must not block the NMS or the caller
+                log.warning("alert listener failed", exc_info=True, extra={"alerts": len(records)})
+        self._notify(records)
         return ids
 
     def forward(self, data: ExternalAlertIn) -> dict[str, Any]:

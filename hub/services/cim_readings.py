@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import bindparam, false, func, or_, select
 
 from hub.db import Database, UTCDateTime, utcnow
-from hub.model import LogicalDevice, LogicalDeviceType, ParameterGroupItem, PhysicalDevice
+from hub.model import Concentrator, LogicalDevice, LogicalDeviceType, ParameterGroupItem, PhysicalDevice
 from hub.services.usage_writer import USAGE, utc
 
 CHUNK = 500
@@ -96,6 +96,19 @@ class CimReadService:
             for mp in sorted(points or [], key=lambda p: p.ld_id):
                 out.setdefault(mp.ld_id, mp)
         return list(out.values()), unknown
+
+    def on_head_end(self, he_id: int) -> list[MeteringPoint]:
+        """The installed, live metering points collected through head-end ``he_id`` (by LD_ID)."""
+        query = (select(LogicalDevice.ld_id, PhysicalDevice.id, PhysicalDevice.pd_id, PhysicalDevice.serial,
+                        LogicalDeviceType.group_id)
+                 .join(PhysicalDevice, PhysicalDevice.id == LogicalDevice.physical_device_id)
+                 .join(LogicalDeviceType, LogicalDeviceType.type_id == LogicalDevice.type_id)
+                 .join(Concentrator, Concentrator.id == PhysicalDevice.concentrator_id)
+                 .where(Concentrator.he_id == he_id, LogicalDevice.ld_id.is_not(None),
+                        LogicalDevice.deleted == false(), PhysicalDevice.deleted == false())
+                 .order_by(LogicalDevice.ld_id))
+        with self.db.session() as s:
+            return [MeteringPoint(*row) for row in s.execute(query)]
 
     def registers(self, group_ids: Iterable[int]) -> dict[int, list[RegisterInfo]]:
         """The registers of each parameter group, by sub number."""

@@ -4,6 +4,8 @@ runs it next."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -14,6 +16,7 @@ from hub.db import Database, utcnow
 from hub.model import CollectionRun
 from hub.services.usage_writer import insert_ignore, utc
 
+log = logging.getLogger("mdmhub.collection")
 RUNS: Table = CollectionRun.__table__  # type: ignore[attr-defined]
 RunKind = Literal["scheduled", "backfill", "recollect"]
 COUNTERS = ("targets", "expected", "normal", "missing", "recollected", "expired", "alerts")
@@ -34,6 +37,9 @@ def run_view(run: CollectionRun) -> dict[str, Any]:
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        """Called with the view of every run that finished ``done`` (edges that publish collected
+        reads, e.g. 61968-9 ``created MeterReadings``); a failing listener is logged, never raised."""
 
     def begin(self, he_id: int, kind: RunKind, slot: datetime, *, force: bool = False) -> tuple[int, bool]:
         """The run of ``(he_id, kind, slot)``, created if new; ``(id, False)`` when it already
@@ -64,7 +70,14 @@ class RunStore:
                 setattr(run, name, value)
             s.add(run)
             s.flush()
-            return run_view(run)
+            view = run_view(run)
+        if state == "done":
+            for listener in self.listeners:
+                try:
+                    listener(view)
+                except Exception:  # noqa: BLE001 - publishing must not fail the cycle that was stored
+                    log.warning("collection run listener failed", exc_info=True, extra={"run_id": run_id})
+        return view
 
     def get(self, run_id: int) -> dict[str, Any]:
         with self.db.session() as s:
