@@ -38,7 +38,7 @@ async def test_rest_registers_and_lists_points(client) -> None:  # type: ignore[
 
 def test_mapping_file_registers_the_demo_site_and_a_bad_file_registers_nothing(hub: Hub, tmp_path: Path) -> None:
     report = hub.fiap.points.load_mapping(ROOT / "mappings" / "ieee1888_points.toml")
-    assert report == {"registered": 13, "updated": 0, "writers": 0}
+    assert report == {"registered": 13, "updated": 0, "writers": 0, "readers": 0}
     bad = tmp_path / "bad.toml"
     bad.write_text('[[point]]\npoint_id = "http://x/ok"\nkind = "power"\n[[point]]\npoint_id = "http://x/y"\n')
     with pytest.raises(InvalidInput):

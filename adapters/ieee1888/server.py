@@ -64,6 +64,7 @@ class _Cursor:
     query: Query
     plan: list[_KeyPlan]
     size: int
+    reader: str | None = None
     index: int = 0
     after: datetime | None = None
     used: float = field(default_factory=time.monotonic)
@@ -173,6 +174,9 @@ class FiapEndpoint:
             if not UUID_RE.match(q.id):
                 raise FiapError("INVALID_REQUEST", f"query id {q.id[:60]!r} is not a UUID")
             client = request.remote or "?"
+            caller = caller_of(request)
+            if q.cursor is None:
+                self._check_reader(caller, [k.id for k in q.keys])
             if q.type == "stream":
                 keys = [k.id for k in q.keys]
                 registered = await self.hub.run(self.hub.fiap.points.resolve, keys)
@@ -180,7 +184,7 @@ class FiapEndpoint:
                 return _answer("queryRS", transport_xml(ok=True, query=q))
             if q.type != "storage":
                 raise FiapError("INVALID_REQUEST", f"query type {q.type!r} is neither storage nor stream")
-            cursor = await self._cursor_for(q, client)
+            cursor = await self._cursor_for(q, client, caller)
             body, next_cursor = await self._page(cursor)
         except FiapError as exc:
             return _answer("queryRS", transport_xml(error=(exc.type, exc.message), query=q))
@@ -189,7 +193,20 @@ class FiapEndpoint:
             self.cursors.pop(q.cursor or "", None)
         return _answer("queryRS", transport_xml(ok=True, query=echo, point_sets=body[0], points=body[1]))
 
-    async def _cursor_for(self, q: Query, client: str) -> _Cursor:
+    def _check_reader(self, caller: Caller, key_ids: list[str]) -> None:
+        """FORBIDDEN unless the reader lists are open or ``caller`` is a reader allowed every point
+        key (pointSet keys, ending in '/', are narrowed to the reader's points instead)."""
+        readers = self.hub.fiap.points.readers
+        if not readers.writers:
+            return
+        name, denied = readers.forbidden(caller, [k for k in key_ids if not k.endswith("/")])
+        if name is None and readers.identify(caller) is None:
+            raise FiapError("FORBIDDEN", "an unidentified caller may not read; send the credential of a reader")
+        if denied:
+            raise FiapError("FORBIDDEN", f"reader {name!r} may not read {', '.join(denied[:5])}"
+                                         + (f" and {len(denied) - 5} more" if len(denied) > 5 else ""))
+
+    async def _cursor_for(self, q: Query, client: str, caller: Caller) -> _Cursor:
         now = time.monotonic()
         for cid in [c for c, s in self.cursors.items() if now - s.used > self.settings.cursor_idle_s]:
             del self.cursors[cid]
@@ -197,7 +214,8 @@ class FiapEndpoint:
             if not UUID_RE.match(q.cursor):
                 raise FiapError("INVALID_REQUEST", f"cursor {q.cursor[:60]!r} is not a UUID")
             cur = self.cursors.get(q.cursor)
-            if cur is None or cur.client != client:
+            if cur is None or cur.client != client or (
+                    cur.reader is not None and self.hub.fiap.points.readers.who(caller) != cur.reader):
                 raise FiapError("INVALID_CURSOR", "unknown or expired cursor")
             cur.used = now
             return cur
@@ -215,6 +233,8 @@ class FiapEndpoint:
                 raise FiapError("INVALID_REQUEST", "acceptableSize is not a positive integer") from None
         size = min(size, self.settings.max_acceptable_size)
         registered = await self.hub.run(self.hub.fiap.points.resolve, [k.id for k in q.keys])
+        readers = self.hub.fiap.points.readers
+        visible = (lambda pid: readers.allows(caller, pid)) if readers.writers else None
         plan: list[_KeyPlan] = []
         for k in q.keys:
             if k.trap is not None:
@@ -225,7 +245,8 @@ class FiapEndpoint:
                 raise FiapError("QUERY_NOT_SUPPORTED", f"select {k.select!r} is not supported")
             point = registered.get(k.id)
             if point is None:
-                children = await self.hub.run(self.hub.fiap.points.children, k.id) if k.id.endswith("/") else []
+                children = await self.hub.run(self.hub.fiap.points.children, k.id, visible) \
+                    if k.id.endswith("/") else []
                 if not children:
                     raise FiapError("POINT_NOT_FOUND", f"point not found: {k.id}")
                 plan.append(_KeyPlan(k.id, None, children=children))
@@ -233,7 +254,7 @@ class FiapEndpoint:
             conds = [Condition(op, _bound(k.attr_name, point, op, raw)) for op, raw in k.conditions.items()]
             select = k.select or ("minimum" if k.attr_name == "time" and "eq" in k.conditions else None)
             plan.append(_KeyPlan(k.id, point, k.attr_name, conds, select))
-        cur = _Cursor(client, q, plan, size)
+        cur = _Cursor(client, q, plan, size, readers.who(caller))
         return cur
 
     async def _page(self, cur: _Cursor) -> tuple[tuple[list[PointSet], list[Point]], str | None]:

@@ -4,7 +4,9 @@ channel (logical device + register) it feeds, and who may write it.
 Seed 002: data from unregistered sensor IDs is refused. A point is registered here (through the API
 or a mapping file) before any value is stored for it. Writers are named with a credential (HTTP
 Basic) and/or source addresses, and an allow-list of point-ID patterns; when no writer is defined
-the storage is open to any client for registered points.
+the storage is open to any client for registered points. Readers (FETCH and TRAP) are named the same
+way in their own list: with no reader defined any client may read; with readers, only they, and only
+their patterns.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 import hmac
 import ipaddress
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -86,7 +88,8 @@ class Point:
 
 
 class WriterIn(BaseModel):
-    """A writer: who it is (credential and/or addresses) and which points it may write."""
+    """A writer (or reader): who it is (credential and/or addresses) and which points it may write
+    (or read)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=128)
@@ -114,7 +117,8 @@ class Caller:
 
 @dataclass
 class Writers:
-    """The writer allow-lists. Empty: any caller may write any registered point."""
+    """Allow-lists of writers (or, as ``readers``, of readers). Empty: any caller may write (read)
+    any registered point."""
 
     writers: list[WriterIn] = field(default_factory=list)
 
@@ -150,6 +154,16 @@ class Writers:
             return (None, ids)
         return (w.name, [p for p in ids if not any(fnmatch.fnmatchcase(p, pat) for pat in w.points)])
 
+    def who(self, caller: Caller | None) -> str | None:
+        """The name ``caller`` proves (None: the hub itself, an open list, or nobody it knows)."""
+        if caller is None or not self.writers:
+            return None
+        w = self.identify(caller)
+        return w.name if w else None
+
+    def allows(self, caller: Caller | None, point_id: str) -> bool:
+        return not self.forbidden(caller, [point_id])[1]
+
 
 class PointService:
     """Register, list and resolve points; decide who may write them."""
@@ -157,6 +171,8 @@ class PointService:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.writers = Writers()
+        self.readers = Writers()
+        """Who may FETCH and TRAP which points (same form as the writers)."""
 
     # registry ------------------------------------------------------------------------------
 
@@ -208,15 +224,18 @@ class PointService:
                     out[r.point_id] = _point(r)
         return out
 
-    def children(self, prefix: str) -> list[tuple[str, bool]]:
+    def children(self, prefix: str, visible: Callable[[str], bool] | None = None) -> list[tuple[str, bool]]:
         """Direct children of pointSet ``prefix`` (ending in '/'): (id, is_point_set), in order.
-        Empty when no registered point lies under it."""
+        Empty when no registered point lies under it. With ``visible``, only points it accepts
+        count (a child pointSet shows when a visible point lies under it)."""
         with self.db.session() as s:
             ids = s.scalars(select(FiapPoint.point_id)
                             .where(FiapPoint.point_id.startswith(prefix, autoescape=True))
                             .order_by(FiapPoint.point_id)).all()
         out: dict[str, bool] = {}
         for pid in ids:
+            if visible is not None and not visible(pid):
+                continue
             rest = pid[len(prefix):]
             head, sep, _ = rest.partition("/")
             out.setdefault(prefix + head + "/" if sep else pid, bool(sep))
@@ -227,8 +246,8 @@ class PointService:
     def load_mapping(self, path: Path) -> dict[str, int]:
         """Register the points of a mapping file and replace the writer list with its writers.
 
-        Format (TOML): ``[[point]]`` tables with the fields of :class:`PointIn` and ``[[writer]]``
-        tables with those of :class:`WriterIn`. A bad file registers nothing."""
+        Format (TOML): ``[[point]]`` tables with the fields of :class:`PointIn`, ``[[writer]]`` and
+        ``[[reader]]`` tables with those of :class:`WriterIn`. A bad file registers nothing."""
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -236,12 +255,14 @@ class PointService:
         try:
             points = [PointIn.model_validate(p) for p in data.get("point", [])]
             writers = [WriterIn.model_validate(w) for w in data.get("writer", [])]
+            readers = [WriterIn.model_validate(r) for r in data.get("reader", [])]
         except ValidationError as exc:
             raise InvalidInput.on("points_file", f"{path}: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}"
                                   ) from None
         report = self.register(points)
         self.writers = Writers(writers)
-        return {**report, "writers": len(writers)}
+        self.readers = Writers(readers)
+        return {**report, "writers": len(writers), "readers": len(readers)}
 
 
 def _point(r: FiapPoint) -> Point:
