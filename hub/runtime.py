@@ -41,6 +41,7 @@ from hub.services.dashboard import DashboardService
 from hub.services.delivery import DeliveryService
 from hub.services.portal import PortalService
 from hub.services.public import PublicDataService
+from hub.services.public_sensors import PublicSensorService
 from hub.throttle import ThrottleLimits
 
 T = TypeVar("T")
@@ -76,6 +77,7 @@ class Hub:
         self.fiap = FiapServices(self.db, settings.ieee1888, self.alerts, self.collection)  # IEEE 1888
         self.access = AccessService(self.db, settings.access)  # one caller resolution for every edge
         self.public = PublicDataService(self.db, settings.privacy)
+        self.public_sensors = PublicSensorService(self.db, settings.privacy, self.public._visible_clusters)
         self.portal = PortalService(self.db, self.access, self.public)
         self.delivery = DeliveryService(self.db, settings.delivery, settings.privacy, settings.data.dir)
         self.dashboard = DashboardService(self.db, settings.privacy.timezone, clock=lambda: self.collection.clock())

@@ -25,6 +25,7 @@ from hub.runtime import Hub
 from hub.services.access import Caller, Forbidden
 from hub.services.errors import NotFound, ServiceError
 from hub.services.public import AggregateQuery, Period, QualityQuery, SeriesQuery
+from hub.services.public_sensors import SensorQuery
 
 log = logging.getLogger("mdmhub.public.soap")
 TNS = "urn:mdmhub:public:1"
@@ -104,6 +105,38 @@ class CustomerSeries(ComplexModel):
     Resolution = Unicode
     Total = Integer
     Items = Array(SeriesPoint)
+
+
+class SensorBucket(ComplexModel):
+    __namespace__ = TNS
+    Group = Unicode
+    Unit = Unicode
+    PeriodStart = Unicode
+    Mean = Double
+    Min = Double
+    Max = Double
+    Sum = Double
+    Values = Integer
+    Points = Integer
+    Customers = Integer
+
+
+class SensorSeries(ComplexModel):
+    __namespace__ = TNS
+    Kind = Unicode
+    GroupBy = Unicode
+    Resolution = Unicode
+    K = Integer
+    Suppressed = Integer
+    Total = Integer
+    Items = Array(SensorBucket)
+
+
+class SensorKind(ComplexModel):
+    __namespace__ = TNS
+    Kind = Unicode
+    Unit = Unicode
+    Points = Integer
 
 
 class Group(ComplexModel):
@@ -197,6 +230,25 @@ class PublicData(ServiceBase):
                               Items=[SeriesPoint(LdId=i["ld_id"], PeriodStart=i["period_start"],
                                                  EnergyKwh=i["energy_kwh"], Slots=i["slots"], Missing=i["missing"])
                                      for i in _page(r["items"], Limit, Offset)])
+
+    @rpc(_returns=Array(SensorKind))
+    def GetSensorKinds(ctx):  # noqa: N802, N805
+        hub, caller = _ctx(ctx)
+        return [SensorKind(Kind=k["kind"], Unit=k["unit"], Points=k["points"])
+                for k in _call(lambda: hub.public_sensors.kinds(caller))]
+
+    @rpc(Unicode(min_occurs=1, nillable=False), DateTime(min_occurs=1, nillable=False),
+         DateTime(min_occurs=1, nillable=False), Unicode, Unicode, Unicode, Integer, Integer, _returns=SensorSeries)
+    def GetSensorSeries(ctx, Kind, From, To, GroupBy, Group, Resolution, Limit, Offset):  # noqa: N802, N803
+        hub, caller = _ctx(ctx)
+        q = _call(lambda: SensorQuery.model_validate(_drop_none(
+            {"kind": Kind, "from": From, "to": To, "group_by": GroupBy, "group": Group, "resolution": Resolution})))
+        r = _call(lambda: hub.public_sensors.series(caller, q))
+        return SensorSeries(Kind=r["kind"], GroupBy=r["group_by"], Resolution=r["resolution"], K=r["k"],
+                            Suppressed=r["suppressed"], Total=len(r["items"]), Items=[SensorBucket(
+                                Group=i["group"], Unit=i["unit"], PeriodStart=i["period_start"], Mean=i["mean"],
+                                Min=i["min"], Max=i["max"], Sum=i["sum"], Values=i["values"], Points=i["points"],
+                                Customers=i["customers"]) for i in _page(r["items"], Limit, Offset)])
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from adapters.rest.problems import BadRequest
 from adapters.rest.routing import ApiRoutes
 from hub.services.access import AccessLogQuery, ClientIn, ClientPatch
 from hub.services.public import AggregateQuery, Period, QualityQuery, SeriesQuery
+from hub.services.public_sensors import SensorQuery
 
 routes = ApiRoutes()
 AUTH = {401: "no valid credential", 403: "scope, IP or right missing", 429: "rate limit reached"}
@@ -73,11 +74,16 @@ class SeriesQ(SeriesQuery, Page):
     pass
 
 
+class SensorQ(SensorQuery, Page):
+    pass
+
+
 USAGE_COLS = ["group", "period_start", "energy_kwh", "meters", "customers"]
 QUALITY_COLS = ["group", "period_start", "normal", "missing", "recollected", "missing_rate", "customers"]
 EVENT_COLS = ["event_id", "market_context", "status", "start", "duration_seconds", "participants", "actions",
               "reduction_amps", "suppressed"]
 SERIES_COLS = ["ld_id", "period_start", "energy_kwh", "slots", "missing"]
+SENSOR_COLS = ["group", "kind", "unit", "period_start", "mean", "min", "max", "sum", "values", "points", "customers"]
 
 
 @routes.get("/api/v1/public/groups", tag="public", responses=AUTH,
@@ -127,6 +133,26 @@ async def customer_usage(request: web.Request) -> web.Response:
     q = parse_query(request, SeriesQ)
     result = await hub.run(hub.public.customer_series, caller_of(request), request.match_info["customer_id"], q)
     return paged(request, result, q, SERIES_COLS, "customer-usage.csv")
+
+
+@routes.get("/api/v1/public/sensors", tag="public", responses=AUTH,
+            summary="IEEE 1888 sensor kinds and units with how many points (no point IDs)")
+@guarded("rest", "public:read")
+async def sensor_kinds(request: web.Request) -> web.Response:
+    hub = hub_of(request)
+    items = await hub.run(hub.public_sensors.kinds, caller_of(request))
+    return csv_response(items, name="sensors.csv") if wants_csv(request) else ok({"items": items})
+
+
+@routes.get("/api/v1/public/sensors/series", tag="public", query=SensorQ, responses=AUTH,
+            summary="Sensor values (mean, min, max, sum) per kind, group and slot or day; "
+                    "household groups under k customers suppressed")
+@guarded("rest", "public:read")
+async def sensor_series(request: web.Request) -> web.Response:
+    hub = hub_of(request)
+    q = parse_query(request, SensorQ)
+    result = await hub.run(hub.public_sensors.series, caller_of(request), q)
+    return paged(request, result, q, SENSOR_COLS, "sensor-series.csv")
 
 
 # --- delivery ------------------------------------------------------------------------------------
