@@ -115,6 +115,9 @@ def create_app(hub: Hub) -> web.Application:
                         "ieee1888", "the WSDL at /fiap?wsdl (docs/ieee1888.md)"),
             XmlEndpoint("/fiap", "GET", "WSDL of the IEEE 1888 storage (?wsdl)", "ieee1888", "WSDL 1.1"))
     app.on_startup.append(_close_interrupted_jobs)
+    if hub.settings.delivery.daily_run:  # the daily CSV files and their retention purge
+        app.on_startup.append(lambda _: hub.delivery_schedule.start())
+        app.on_cleanup.append(lambda _: hub.delivery_schedule.stop())
     if hub.settings.collection.enabled and hub.head_ends.available:
         _run_scheduler(app, hub)
     if hub.settings.mqtt.enabled:

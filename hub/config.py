@@ -275,6 +275,9 @@ class DeliverySection(_Section):
 
     dir: Path | None = Field(None, description="Folder of delivery files; empty means <data.dir>/delivery.")
     retention_days: int = Field(45, ge=1, le=3660, description="Files older than this are deleted.")
+    daily_run: bool = Field(True, description="Make the previous day's files and purge old ones daily while the hub serves.")
+    run_at_minutes: int = Field(90, ge=0, le=1439, description="Minutes after local midnight ([privacy] timezone) "
+                                "of the daily run, leaving time to re-collect the day's last slots.")
 
 
 class FiapUpstreamSection(_Section):

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from hub import __version__
 from hub.config import Settings
 from hub.db import Database
+from hub.delivery_schedule import DeliveryScheduler
 from hub.headends import HeadEndFactory, HeadEnds
 from hub.scheduler import CollectionScheduler
 from hub.services.admin import AdminService
@@ -80,6 +81,8 @@ class Hub:
         self.public_sensors = PublicSensorService(self.db, settings.privacy, self.public._visible_clusters)
         self.portal = PortalService(self.db, self.access, self.public)
         self.delivery = DeliveryService(self.db, settings.delivery, settings.privacy, settings.data.dir)
+        self.delivery_schedule = DeliveryScheduler(self.delivery, self.run,
+                                                   run_at_minutes=settings.delivery.run_at_minutes)
         self.dashboard = DashboardService(self.db, settings.privacy.timezone, clock=lambda: self.collection.clock())
         self.cim_reads = CimReadService(self.db)  # many metering points at once, for the 61968-9 edge
         self.outbox = MessageOutboxService(self.db)  # messages edges publish, kept until acknowledged

@@ -115,14 +115,16 @@ class DeliveryService:
         sidecar.write_text(f"{digest}  {path.name}\n")
         return self._entry(kind, subject, day, path)
 
-    def generate_day(self, day: date) -> list[dict[str, Any]]:
-        """The daily run: every customer with a metering point, and every delivery group."""
+    def generate_day(self, day: date, missing_only: bool = False) -> list[dict[str, Any]]:
+        """The daily run: every customer with a metering point, and every delivery group (with
+        ``missing_only``, files already made are kept as they are and not returned)."""
         with self.db.session() as s:
             customers = sorted(set(s.scalars(select(CustomerLogicalDevice.customer_id).where(
                 CustomerLogicalDevice.deleted.is_(False)))))
             groups = sorted(s.scalars(select(DeliveryGroup.group_id)))
-        return [self.generate("customer", c, day) for c in customers if SAFE_ID.match(c)] + \
-            [self.generate("group", g, day) for g in groups]
+        subjects = [("customer", c) for c in customers if SAFE_ID.match(c)] + [("group", g) for g in groups]
+        return [self.generate(kind, subject, day) for kind, subject in subjects
+                if not (missing_only and self._path(kind, subject, day).exists())]
 
     def _entry(self, kind: str, subject: str, day: date, path: Path) -> dict[str, Any]:
         sidecar = path.with_name(path.name + ".sha256")
