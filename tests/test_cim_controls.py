@@ -61,6 +61,6 @@ async def test_unknown_code_unknown_target_and_scheduled_controls_are_refused(en
     assert result(reply) == "FAILED" and codes(reply) == ["2.4"]
     later = ("<c:primaryDeviceTiming><c:interval><c:end>2099-01-02T00:00:00Z</c:end>"
              "<c:start>2099-01-01T00:00:00Z</c:start></c:interval></c:primaryDeviceTiming>")
-    reply = await post(client, controls("0.15.0.54", f"<c:UsagePoints><c:mRID>{lds[0]}</c:mRID></c:UsagePoints>",
+    reply = await post(client, controls("3.31.0.23", f"<c:UsagePoints><c:mRID>{lds[0]}</c:mRID></c:UsagePoints>",
                                         timing=later))
     assert result(reply) == "FAILED" and codes(reply) == ["1.8"]

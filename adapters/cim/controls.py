@@ -7,8 +7,11 @@ serial or LD_ID), and for a contract change the new capacity in an ``EndDeviceCo
 named ``amps`` (``force`` = true lowers below the live load). The reply carries one Reply/ID per
 target carried out and an Error per target that was not (unknown, disposed, refused, head-end down).
 
-A control scheduled for later (``primaryDeviceTiming/interval`` in the future) is refused for now:
-contract reservations over a window are made by the meter-ADR service, not yet reachable here.
+A contract change with ``primaryDeviceTiming/interval`` having an ``end`` is a reservation: the
+head-end sets the capacity at ``start`` (now, if it has begun) and restores the previous one at
+``end``; the reply's Reply/ID (idType ``reservation``) names it, and ``cancel EndDeviceControls``
+with that ID as the EndDeviceControl mRID releases it (restoring at once if in force). Other
+commands scheduled for later are refused (``1.8``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pydantic import ValidationError
 from adapters.cim import codes
 from adapters.cim.envelope import ID, Message, parse_time
 from adapters.cim.profile import Outcome, identifiers, kid, kids, refuse, text, unique
-from hub.services.controls import ContractIn, ControlIn, HeadEndFailure, RelayIn
+from hub.services.controls import ContractIn, ControlIn, HeadEndFailure, RelayIn, ReservationIn
 from hub.services.errors import ServiceError
 
 if TYPE_CHECKING:
@@ -46,10 +49,15 @@ async def create(edge: CimEdge, msg: Message) -> Outcome:
             timing = kid(control, "primaryDeviceTiming")
             interval = kid(timing, "interval") if timing is not None else None
             start = text(interval, "start") if interval is not None else None
-            if start and parse_time(start, f"{where}/primaryDeviceTiming/interval/start") > datetime.now(UTC):
-                out.fail("bad-request", f"{where}: scheduled controls are not carried out by this edge yet; "
-                         "send the control when it is due", obj=code or "", object_type="EndDeviceControl",
-                         xpath=where)
+            end = text(interval, "end") if interval is not None else None
+            window: tuple[datetime, datetime] | None = None
+            if command == "set-contract" and end:
+                window = (parse_time(start, f"{where}/primaryDeviceTiming/interval/start") if start
+                          else datetime.now(UTC), parse_time(end, f"{where}/primaryDeviceTiming/interval/end"))
+            elif start and parse_time(start, f"{where}/primaryDeviceTiming/interval/start") > datetime.now(UTC):
+                out.fail("bad-request", f"{where}: only contract-capacity controls can be scheduled (with an "
+                         "interval end, for the restore); send this control when it is due", obj=code or "",
+                         object_type="EndDeviceControl", xpath=where)
                 continue
             attrs = {text(a, "name"): text(a, "value") for a in kids(control, "EndDeviceControlAttribute")}
             by_ld = unique(v for up in kids(control, "UsagePoints") for v in identifiers(up))
@@ -64,7 +72,12 @@ async def create(edge: CimEdge, msg: Message) -> Outcome:
             reason = text(control, "reason")
             for p in points:
                 try:
-                    await _run(edge, command, p.ld_id, attrs, actor, reason)
+                    if window is not None:
+                        done = await _reserve(edge, p.ld_id, attrs, window, actor, reason)
+                        out.ids.append(ID(done["reservation_id"], kind="other", id_type="reservation",
+                                          object_type="EndDeviceControl"))
+                    else:
+                        await _run(edge, command, p.ld_id, attrs, actor, reason)
                 except (ValidationError, ValueError) as exc:
                     out.fail("invalid-object", f"{where} {p.ld_id}: {str(exc).splitlines()[0]}", obj=p.ld_id,
                              object_type="UsagePoint", xpath=where)
@@ -81,6 +94,49 @@ async def create(edge: CimEdge, msg: Message) -> Outcome:
                 out.ids.append(ID(p.ld_id, kind="name", id_type="LD_ID", object_type="UsagePoint"))
                 out.done += 1
     return out
+
+
+async def cancel(edge: CimEdge, msg: Message) -> Outcome:
+    """Release contract reservations: each EndDeviceControl's mRID is the reservation ID a create
+    answered with (Reply/ID idType ``reservation``); UsagePoints, when named, narrow the search."""
+    out = Outcome()
+    if not msg.payload or not msg.payload.elements:
+        raise refuse("bad-request", "Payload must carry an EndDeviceControls element", "Payload")
+    actor = (msg.header.user_id or msg.header.source or "cim")[:128]
+    for element in msg.payload.elements:
+        for n, control in enumerate(kids(edge.payload(element, "EndDeviceControls"), "EndDeviceControl"), start=1):
+            where = f"EndDeviceControl[{n}]"
+            rid = text(control, "mRID")
+            if not rid:
+                out.fail("invalid-object", f"{where}: mRID must name the reservation to cancel", xpath=where,
+                         object_type="EndDeviceControl")
+                continue
+            lds = unique(v for up in kids(control, "UsagePoints") for v in identifiers(up)) or [None]
+            for ld_id in lds:
+                try:
+                    await edge.hub.controls.release(rid, ControlIn(actor=actor, reason=text(control, "reason")),
+                                                    ld_id=ld_id)
+                except HeadEndFailure as exc:
+                    out.fail("device-error", f"{where} {rid}: {exc.kind}: {exc}", obj=rid,
+                             object_type="EndDeviceControl")
+                    continue
+                except ServiceError as exc:
+                    from adapters.cim.config_nouns import _service_error
+
+                    _service_error(out, exc, rid, "EndDeviceControl")
+                    continue
+                out.ids.append(ID(rid, kind="other", id_type="reservation", object_type="EndDeviceControl"))
+                out.done += 1
+    return out
+
+
+async def _reserve(edge: CimEdge, ld_id: str, attrs: dict[str | None, str | None], window: tuple[datetime, datetime],
+                   actor: str, reason: str | None) -> dict[str, Any]:
+    amps = attrs.get("amps") or attrs.get("contractAmps")
+    if amps is None:
+        raise ValueError("a contract change needs an EndDeviceControlAttribute named amps")
+    return await edge.hub.controls.reserve(ld_id, ReservationIn(amps=int(float(amps)), start=window[0], end=window[1],
+                                                                actor=actor, reason=reason))
 
 
 async def _run(edge: CimEdge, command: str, ld_id: str, attrs: dict[str | None, str | None], actor: str,

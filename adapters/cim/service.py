@@ -54,6 +54,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("change", "UsagePointConfig"): config_nouns.create_usage_point,
     ("delete", "UsagePointConfig"): config_nouns.delete_usage_point,
     ("create", "EndDeviceControls"): controls.create,
+    ("cancel", "EndDeviceControls"): controls.cancel,
 }
 
 

@@ -17,7 +17,7 @@ from sqlmodel import Field, SQLModel
 from hub.db import UTCDateTime
 from hub.model.base import BUSINESS_KEY_MAX, ID_MAX, created_field, ts_field
 
-CONTROL_ACTIONS = ("relay-on", "relay-off", "contract", "status", "reboot")
+CONTROL_ACTIONS = ("relay-on", "relay-off", "contract", "status", "reboot", "reserve", "release")
 CONTROL_OUTCOMES = ("running", "done", "refused", "failed", "unknown")
 JOB_STATES = ("queued", "running", "done", "cancelling", "cancelled", "failed", "interrupted")
 

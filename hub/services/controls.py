@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import func, select, update
 
 from hub.db import Database, utcnow
@@ -103,6 +103,21 @@ class ContractIn(_Input):
 
 class ControlIn(_Input):
     """Who asks for a reboot or a status read, and why."""
+
+
+class ReservationIn(_Input):
+    """A contract capacity for a window: the head-end sets it at ``start`` and restores the
+    previous capacity at ``end`` (a window already begun takes effect at once)."""
+
+    amps: int = Field(ge=1, le=1000, description="contract capacity in amperes during the window")
+    start: AwareDatetime
+    end: AwareDatetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReservationIn:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
 
 
 class ControlFilter(BaseModel):
@@ -265,6 +280,41 @@ class ControlService:
         control_id = await self._run(self._begin, target, "reboot", {}, data)
         await self._send(control_id, target, "reboot")
         return await self._run(self._done, control_id, None)
+
+    async def reserve(self, ld_id: str, data: ReservationIn) -> dict[str, Any]:
+        """Reserve a contract capacity over a window through the head-end (set at the start,
+        restored at the end); recorded as ``reserve`` with the head-end's reservation ID."""
+        target = await self._run(self.target, ld_id)
+        params = {"amps": data.amps, "start": data.start.isoformat(), "end": data.end.isoformat()}
+        control_id = await self._run(self._begin, target, "reserve", params, data)
+        rid = await self._send(control_id, target, "reserve_contract", data.amps, data.start, data.end)
+        view = await self._run(self._finish, control_id, "done", result={"reservation_id": rid})
+        return {"control": view, "reservation_id": rid}
+
+    async def release(self, reservation_id: str, data: ControlIn, ld_id: str | None = None) -> dict[str, Any]:
+        """Cancel a reservation this hub made (found in the controls history, on ``ld_id`` when
+        given); one in force restores the capacity at once. Recorded as ``release``."""
+        found = await self._run(self.reservation_owner, reservation_id, ld_id)
+        if found is None:
+            raise NotFound.on("reservation_id", f"no contract reservation {reservation_id}"
+                              + (f" on {ld_id}" if ld_id else ""))
+        target = await self._run(self.target, found)
+        control_id = await self._run(self._begin, target, "release", {"reservation_id": reservation_id}, data)
+        await self._send(control_id, target, "cancel_reservation", reservation_id)
+        view = await self._run(self._finish, control_id, "done", result={"reservation_id": reservation_id})
+        return {"control": view, "reservation_id": reservation_id}
+
+    def reservation_owner(self, reservation_id: str, ld_id: str | None = None) -> str | None:
+        """The LD_ID whose ``reserve`` control got ``reservation_id`` (newest first)."""
+        where = [ControlAction.action == "reserve", ControlAction.outcome == "done"]
+        if ld_id is not None:
+            where.append(ControlAction.ld_id == ld_id)
+        with self.db.session() as s:
+            for owner, result in s.execute(select(ControlAction.ld_id, ControlAction.result).where(*where)
+                                           .order_by(ControlAction.id.desc()).limit(100_000)):
+                if (result or {}).get("reservation_id") == reservation_id:
+                    return owner
+        return None
 
     # sending -----------------------------------------------------------------------------------
 
