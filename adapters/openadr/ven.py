@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from openleadr import OpenADRClient
 
+from adapters.openadr.reports import VenReports
 from adapters.openadr.translate import (
     INVALID_DATA,
     OpenAdrMapping,
@@ -90,6 +91,9 @@ class HubVen(OpenADRClient):
         self.failures = 0  # consecutive polls without an answer
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.offered = VenReports(hub)
+        self.offered.install(self)
+        self._report_task: asyncio.Task[None] | None = None
 
     # life cycle ---------------------------------------------------------------------------------
 
@@ -98,13 +102,19 @@ class HubVen(OpenADRClient):
         self.loop = asyncio.get_running_loop()
         self._stopping = False
         self._task = asyncio.create_task(self._run_loop(), name=f"openadr-ven {self.cfg.vtn_url}")
+        self._report_task = asyncio.create_task(self._report_queue_worker(), name="openadr-ven reports")
+        if not self.scheduler.running:
+            self.scheduler.start()  # openleadr runs the VTN's report requests on it
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        for task in (self._task, self._report_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.client_session is not None:
             await self.client_session.close()
             self.client_session = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -47,6 +48,7 @@ from hub.services.adr_assist import AssistService
 from hub.services.adr_events import DrEvent
 from hub.services.adr_plan import Held, Segment, Want, covering, diff, segments
 from hub.services.adr_policies import PolicyService, evaluate
+from hub.services.adr_reports import AdrReportService
 from hub.services.errors import NotFound
 
 log = logging.getLogger("mdmhub.adr")
@@ -58,6 +60,7 @@ POLICY_COLUMNS = ("id", "ld_id", "signal_levels", "signal_names", "reduced_amps"
                   "days_of_week", "hour_from", "hour_to", "min_notice_minutes", "max_events_per_month",
                   "opt_out_event_id")
 OUT_OF_SEQUENCE, TARGET_MISMATCH = 450, 462
+UNBOUNDED_AMPS = 10**6
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ class _Job:
     lds: set[str]
     first_success: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
     done: asyncio.Future[None] | None = None
+    deferred: list[tuple[int, DrEvent, set[str] | None, datetime]] = field(default_factory=list)
 
 
 @dataclass
@@ -117,10 +121,13 @@ class AdrService:
         self.open_ended_s = open_ended_s
         self.policies = PolicyService(db)
         self.assist = AssistService(db, self.tz)
+        self.reports = AdrReportService(db, self.tz)
         self.clock: Callable[[], datetime] = utcnow
         self._pending: list[_Job] = []
         self._worker: asyncio.Task[None] | None = None
         self._idle: asyncio.Event | None = None
+        self._ingest_lock = threading.Lock()  # ingesting and deferred planning of one VTN's events in turn
+        self._deferred: list[tuple[int, DrEvent, set[str] | None, datetime]] = []
 
     # receiving events ---------------------------------------------------------------------------
 
@@ -130,15 +137,15 @@ class AdrService:
         from it is cancelled; ``also_present``: IDs of events in the list the edge could not read,
         which are therefore not missing) and answer each, without waiting for the reservations."""
         now = self.clock()
-        decisions, affected = await self.run(self._ingest, vtn_id, list(events), complete, market_context, now,
-                                             set(also_present))
+        decisions, affected, deferred = await self.run(self._ingest, vtn_id, list(events), complete,
+                                                       market_context, now, set(also_present))
         watched = [d for d in decisions if d[1] is not None and d[2] > 0]
-        if not affected:
+        if not affected and not deferred:
             return [d[0] for d in decisions]
-        job = self._submit(affected, [d[1] for d in watched])
+        job = self._submit(affected, [d[1] for d in watched], deferred)
         answers = []
         for answer, row_id, matched in decisions:
-            if row_id is None or matched == 0:
+            if row_id is None or matched <= 0:  # -1: matching runs after the answer
                 answers.append(answer)
                 continue
             answers.append(await self._settle(job, answer, row_id, matched))
@@ -169,7 +176,16 @@ class AdrService:
                       .values(response=answer.opt, response_reason=answer.reason[:2000]))
 
     def _ingest(self, vtn_id: str, events: list[DrEvent], complete: bool, market_context: str | None,
-                now: datetime, also_present: set[str]) -> tuple[list[tuple[Answer, int | None, int]], set[str]]:
+                now: datetime, also_present: set[str]) -> tuple[list[tuple[Answer, int | None, int]], set[str],
+                                                                list[tuple[int, DrEvent, set[str] | None, datetime]]]:
+        with self._ingest_lock:
+            self._deferred = []
+            decisions, affected = self._ingest_locked(vtn_id, events, complete, market_context, now, also_present)
+            deferred, self._deferred = self._deferred, []
+        return decisions, affected, deferred
+
+    def _ingest_locked(self, vtn_id: str, events: list[DrEvent], complete: bool, market_context: str | None,
+                       now: datetime, also_present: set[str]) -> tuple[list[tuple[Answer, int | None, int]], set[str]]:
         decisions, affected = [], set()
         for ev in events:
             with self.db.session() as s:
@@ -233,6 +249,9 @@ class AdrService:
                 return done(answer(OPT_OUT, "no such targets: " + ", ".join(f"{k} {v}" for k, v in unknown[:10]),
                                    TARGET_MISMATCH))
             return done(answer(OPT_OUT, "no metering point targeted has an active ADR policy"))
+        candidates = self._candidate_count(s, lds)
+        if candidates > self.settings.answer_inline_max:
+            return self._answer_by_shape(s, row, ev, lds, candidates, now, done, answer, unknown)
         planned, reasons = self._plan_actions(s, row.id, ev, lds, now)
         affected |= {p["ld_id"] for p in planned}
         if not planned:
@@ -240,6 +259,63 @@ class AdrService:
             return done(answer(OPT_OUT, f"no policy matched ({summary})"))
         note = f"; unknown targets: {', '.join(f'{k} {v}' for k, v in unknown[:10])}" if unknown else ""
         return done(answer(OPT_IN, f"{len(planned)} metering points matched{note}"), len(planned))
+
+    def _candidate_count(self, s: Any, lds: set[str] | None) -> int:
+        """Active policies of the targeted LDs, counted in the database (no per-LD work)."""
+        q = (select(func.count()).select_from(AdrPolicy)
+             .where(AdrPolicy.active.is_(True), AdrPolicy.deleted == false()))
+        if lds is None:
+            return int(s.scalar(q) or 0)
+        if len(lds) <= self.settings.answer_inline_max:
+            return len(lds)  # small enough to match inline whatever the count
+        return sum(int(s.scalar(q.where(AdrPolicy.ld_id.in_(chunk))) or 0) for chunk in _chunks(sorted(lds)))
+
+    def _answer_by_shape(self, s: Any, row: AdrEvent, ev: DrEvent, lds: set[str] | None, candidates: int,
+                         now: datetime, done: Callable[..., Any], answer: Callable[..., Answer],
+                         unknown: list[tuple[str, str]]) -> Any:
+        """Many targeted policies: decide the answer from the distinct policy shapes (each evaluated
+        once over the event's un-randomised window, monthly caps not counted) and leave the per-LD
+        matching, planning and insertion to the background worker, after answering."""
+        cols = [getattr(AdrPolicy, c) for c in POLICY_COLUMNS if c not in ("id", "ld_id")]
+        q = select(*cols).where(AdrPolicy.active.is_(True), AdrPolicy.deleted == false())
+        shapes: dict[tuple[Any, ...], Any] = {}
+        chunks = [None] if lds is None else list(_chunks(sorted(lds)))
+        for chunk in chunks:
+            for r in s.execute(q if chunk is None else q.where(AdrPolicy.ld_id.in_(chunk))):
+                key = tuple(tuple(v) if isinstance(v, list) else v for v in r)
+                shapes.setdefault(key, r)
+        end = ev.end or (ev.dtstart + timedelta(seconds=self.open_ended_s))
+        reasons: Counter[str] = Counter()
+        matched = False
+        for r in shapes.values():
+            v = evaluate(r, ev, contract_amps=UNBOUNDED_AMPS, window=(ev.dtstart, end), received_at=now,
+                         tz=self.tz, events_this_month=0)  # capacity against each contract: per LD, later
+            matched = matched or v.amps is not None
+            reasons[v.reason] += 1
+        if not matched:
+            summary = ", ".join(f"{n} policy shapes {why}" for why, n in reasons.most_common())
+            return done(answer(OPT_OUT, f"no policy matched ({summary})"))
+        self._deferred.append((row.id, ev, lds, now))
+        note = f"; unknown targets: {', '.join(f'{k} {v}' for k, v in unknown[:10])}" if unknown else ""
+        return done(answer(OPT_IN, f"{candidates} active policies targeted; matching in progress{note}"), -1)
+
+    def _plan_deferred(self, items: list[tuple[int, DrEvent, set[str] | None, datetime]]) -> set[str]:
+        """Per-LD matching of answered events, unless a later modification or cancellation came first."""
+        affected: set[str] = set()
+        with self._ingest_lock:
+            for row_id, ev, lds, now in items:
+                with self.db.session() as s:
+                    row = s.get(AdrEvent, row_id)
+                    newer = s.scalar(select(func.count()).select_from(AdrEvent).where(
+                        AdrEvent.vtn_id == row.vtn_id, AdrEvent.event_id == row.event_id,
+                        AdrEvent.modification_number > row.modification_number))
+                    if newer or row.status == "cancelled":
+                        continue
+                    planned, reasons = self._plan_actions(s, row_id, ev, lds, now)
+                    affected |= {p["ld_id"] for p in planned}
+                    log.info("dr event matched after answering", extra={
+                        "event_id": ev.event_id, "matched": len(planned), "reasons": dict(reasons)})
+        return affected
 
     def _end_actions(self, s: Any, vtn_id: str, event_id: str, state: str, detail: str, now: datetime) -> set[str]:
         rows = select(AdrEvent.id).where(AdrEvent.vtn_id == vtn_id, AdrEvent.event_id == event_id)
@@ -345,9 +421,10 @@ class AdrService:
 
     # the fan-out --------------------------------------------------------------------------------
 
-    def _submit(self, lds: set[str], rows: Iterable[int]) -> _Job:
+    def _submit(self, lds: set[str], rows: Iterable[int],
+                deferred: list[tuple[int, DrEvent, set[str] | None, datetime]] | None = None) -> _Job:
         loop = asyncio.get_running_loop()
-        job = _Job(set(lds), {r: loop.create_future() for r in rows}, loop.create_future())
+        job = _Job(set(lds), {r: loop.create_future() for r in rows}, loop.create_future(), list(deferred or ()))
         self._pending.append(job)
         if self._idle is None:
             self._idle = asyncio.Event()
@@ -361,6 +438,9 @@ class AdrService:
             jobs, self._pending = self._pending, []
             lds = set().union(*(j.lds for j in jobs))
             try:
+                deferred = [d for j in jobs for d in j.deferred]
+                if deferred:
+                    lds |= await self.run(self._plan_deferred, deferred)
                 await self._reconcile(lds, jobs)
             except Exception:  # noqa: BLE001 - the worker must outlive one bad batch
                 log.exception("ADR reconcile failed", extra={"lds": len(lds)})

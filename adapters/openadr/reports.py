@@ -1,0 +1,57 @@
+"""The reports the VEN offers (oadrRegisterReport) through openleadr's client report API.
+
+TELEMETRY_USAGE, report specifier ``mdmhub-telemetry-usage``, two data points:
+- rID ``usage``: energy (kWh) of the last complete 30-minute slot, summed over the LDs with an
+  active ADR policy, dated at the slot's start;
+- rID ``achieved-reduction``: the achieved reduction (kWh) of each DR event whose window ended since
+  the previous report, one interval per event dated at the event's start (see
+  :mod:`hub.services.adr_reports` for the baseline).
+
+The core computes the figures (``hub.adr.reports``); this module only formats them for openleadr.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from openleadr import objects
+
+if TYPE_CHECKING:
+    from hub.runtime import Hub
+
+log = logging.getLogger("mdmhub.openadr")
+USAGE_REPORT = "mdmhub-telemetry-usage"
+USAGE_RID = "usage"
+REDUCTION_RID = "achieved-reduction"
+
+
+class VenReports:
+    """Samplers for openleadr's ``add_report`` callbacks; each asks the hub's core."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.reported_until: datetime | None = None
+
+    def install(self, client: object, *, min_period: timedelta = timedelta(seconds=1),
+                max_period: timedelta = timedelta(hours=1)) -> None:
+        rate = objects.SamplingRate(min_period=min_period, max_period=max_period, on_change=False)
+        for r_id, resource, sampler in ((USAGE_RID, "participating-lds", self.usage),
+                                        (REDUCTION_RID, "achieved-reduction", self.reductions)):
+            client.add_report(callback=sampler, resource_id=resource, measurement="energy_real", unit="Wh",
+                              scale="k", report_specifier_id=USAGE_REPORT, r_id=r_id,
+                              report_name="TELEMETRY_USAGE", reading_type="Direct Read",
+                              report_duration=timedelta(days=1), sampling_rate=rate)
+
+    async def usage(self) -> list[tuple[datetime, float]]:
+        at, value = await self.hub.run(self.hub.adr.reports.telemetry_usage, self.hub.adr.clock())
+        return [(at, value)]
+
+    async def reductions(self) -> list[tuple[datetime, float]]:
+        now = self.hub.adr.clock()
+        figures = await self.hub.run(self.hub.adr.reports.reductions_ended, self.reported_until, now)
+        self.reported_until = now
+        for f in figures:
+            log.info("achieved reduction reported", extra={k: f[k] for k in ("event_id", "lds", "reduction_kwh")})
+        return [(f["start"], f["reduction_kwh"]) for f in figures]

@@ -1,0 +1,135 @@
+"""Reports back to the aggregator: the hub's VEN offers TELEMETRY_USAGE (oadrRegisterReport) to a real
+openleadr VTN, which requests it; the VTN then receives the participating LDs' usage and the achieved
+reduction of an event computed from the usage history (baseline: the same slots on the last 5
+non-event weekdays)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from adapters.openadr.reports import REDUCTION_RID, USAGE_RID
+from adapters.openadr.translate import load_mapping
+from adapters.openadr.ven import HubVen, VtnConfig
+from hub.model import UsageHistory
+from tests.test_openadr_ven import VTN_ID, Vtn, actions, adr_hub, settled, until  # noqa: F401 - fixtures
+
+_today = datetime.now(UTC).replace(hour=10, minute=0, second=0, microsecond=0)
+EVENT_START = _today + timedelta(days=7 - _today.weekday())   # next Monday 10:00 (the VTN drops past events)
+BASELINE = {(EVENT_START - timedelta(days=d)).date() for d in (7, 6, 5, 4, 3)}  # the Mon-Fri before
+
+
+@pytest.fixture
+def clock():
+    from tests.collecting import Clock
+    return Clock(EVENT_START - timedelta(minutes=10))
+
+
+def usage_rows(hub: Any) -> None:
+    """Every day from two weeks before the event: 1.0 kWh per slot on the baseline weekdays, 5.0 kWh on
+    the other days (weekends, and the week before, beyond the 5 baseline days), 0.6 / 0.7 in the
+    event's two slots."""
+    rows = []
+    for ld in ("LD-000001", "LD-000002", "LD-000003"):
+        for back in range(14, -1, -1):
+            for end_min in (30, 60):
+                t = EVENT_START - timedelta(days=back) + timedelta(minutes=end_min)
+                if back == 0:
+                    v = 0.6 if end_min == 30 else 0.7
+                elif t.date() in BASELINE:
+                    v = 1.0
+                else:
+                    v = 5.0
+                rows.append(UsageHistory(ld_id=ld, sub_number=1, measured_time=t, register_value=100.0,
+                                         increment=v))
+    with hub.db.session() as s:
+        s.add_all(rows)
+
+
+class ReportingVtn(Vtn):
+    """The test VTN, also asking for every offered TELEMETRY_USAGE data point every second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offered: list[tuple[str, str]] = []
+        self.received: dict[str, list[tuple[datetime, float]]] = {}
+        self.server.add_handler("on_register_report", self.on_register_report)
+
+    def on_register_report(self, ven_id: str, resource_id: str, measurement: str, unit: str, scale: str,
+                           min_sampling_interval: timedelta, max_sampling_interval: timedelta) -> tuple:
+        self.offered.append((resource_id, measurement))
+
+        def collect(values: list[tuple[datetime, float]]) -> None:
+            self.received.setdefault(resource_id, []).extend(values)
+        return collect, timedelta(seconds=1)
+
+
+@pytest.fixture
+async def rvtn() -> AsyncIterator[ReportingVtn]:
+    v = ReportingVtn()
+    await v.server.run_async()
+    yield v
+    await v.server.stop()
+
+
+@pytest.fixture
+async def rven(adr_hub, rvtn) -> AsyncIterator[HubVen]:  # noqa: F811
+    v = HubVen(adr_hub, VtnConfig(rvtn.url, "mdmhub", poll_interval_s=0.05, retry_max_s=0.5, vtn_id=VTN_ID),
+               load_mapping())
+    await v.start()
+    await until(lambda: v.registered)
+    yield v
+    await v.stop()
+
+
+async def test_the_vtn_receives_usage_and_the_achieved_reduction_of_an_event(adr_hub, rvtn, rven, clock):  # noqa: F811
+    usage_rows(adr_hub)
+    assert await until(lambda: len(rvtn.offered) == 2)
+    assert sorted(rvtn.offered) == [("achieved-reduction", "RealEnergy"), ("participating-lds", "RealEnergy")]
+    rvtn.publish(rvtn.event("EV-R", EVENT_START, minutes=60))
+    assert await until(lambda: rvtn.answers) == [("EV-R", "optIn")]
+    await settled(adr_hub)
+    assert {a[3] for a in actions(adr_hub)} == {"reserved"}
+    rvtn.received.clear()
+    clock.now = EVENT_START + timedelta(minutes=61)
+    await until(lambda: rvtn.received.get("achieved-reduction"), timeout=5)
+    # 2 participating LDs x ((1.0 - 0.6) + (1.0 - 0.7)); LD-000003 has no policy and is left out
+    assert rvtn.received["achieved-reduction"] == [(EVENT_START, pytest.approx(1.4))]
+    # usage of the last complete slot (10:30-11:00) over the LDs with an active policy: 2 x 0.7
+    await until(lambda: rvtn.received.get("participating-lds"), timeout=5)
+    at, value = rvtn.received["participating-lds"][-1]
+    assert (at, value) == (EVENT_START + timedelta(minutes=30), pytest.approx(1.4))
+    # reported once: the next reports carry no further reduction for the event
+    n = len(rvtn.received["achieved-reduction"])
+    await until(lambda: len(rvtn.received["participating-lds"]) >= 3, timeout=5)
+    assert len(rvtn.received["achieved-reduction"]) == n
+    figures = adr_hub.adr.reports.reductions_ended(None, clock.now)
+    assert [(f["event_id"], f["lds"], f["slots_used"], f["baseline_kwh"], f["actual_kwh"]) for f in figures] == [
+        ("EV-R", 2, 4, pytest.approx(4.0), pytest.approx(2.6))]
+
+
+def test_event_days_and_weekends_are_left_out_of_the_baseline(adr_hub, clock):  # noqa: F811
+    """Core only: the Friday before becomes an event day for LD-000001, so its baseline reaches back to
+    the Friday a week earlier (5.0 kWh) instead; LD-000002's stays on the five weekdays before."""
+    usage_rows(adr_hub)
+    from hub.model import AdrAction, AdrEvent
+    with adr_hub.db.session() as s:
+        old = AdrEvent(vtn_id=VTN_ID, event_id="EV-OLD", modification_number=0, dtstart=EVENT_START - timedelta(days=3),
+            duration_seconds=3600, received_at=clock.now, test_event=False)
+        new = AdrEvent(vtn_id=VTN_ID, event_id="EV-NEW", modification_number=0, dtstart=EVENT_START,
+                       duration_seconds=3600, received_at=clock.now, test_event=False)
+        s.add_all([old, new])
+        s.flush()
+        for ev, lds in ((old, ["LD-000001"]), (new, ["LD-000001", "LD-000002"])):
+            for ld in lds:
+                s.add(AdrAction(adr_event_id=ev.id, ld_id=ld, directed_at=clock.now, start_at=ev.dtstart,
+                                end_at=ev.dtstart + timedelta(hours=1), reduced_amps=20, state="reserved"))
+        s.flush()
+        new_id = new.id
+    f = adr_hub.adr.reports.achieved_reduction(new_id)
+    # LD-1 baseline per slot: (4 x 1.0 + 5.0) / 5 = 1.8; LD-2: 1.0
+    assert f["baseline_kwh"] == pytest.approx(2 * 1.8 + 2 * 1.0)
+    assert f["reduction_kwh"] == pytest.approx(2 * 1.8 + 2 * 1.0 - 2.6)
