@@ -90,6 +90,12 @@ def create_app(hub: Hub) -> web.Application:
     install_dashboard(app, hub)
     describe_xml_endpoints(
         app,
+        XmlEndpoint("/dashboard", "GET", "Operations dashboard page (signs in with an ops:read key)", "dashboard",
+                    "docs/public-api.md, Operations dashboard", media="text/html"),
+        XmlEndpoint("/api/v1/dashboard/overview", "GET", "The dashboard's figures (scope ops:read)", "dashboard",
+                    "docs/public-api.md, Operations dashboard", media="application/json"))
+    describe_xml_endpoints(
+        app,
         XmlEndpoint("/public/soap", "POST", "Secondary-use SOAP API (aggregates, DR and quality summaries)",
                     "public", "the WSDL at /public/soap?wsdl (docs/public-api.md)"),
         XmlEndpoint("/public/soap", "GET", "WSDL of the secondary-use SOAP API (?wsdl)", "public",

@@ -235,17 +235,20 @@ async def test_zeep_consumes_the_wsdl_and_calls_every_operation(phub, clock, pcl
             "quality": svc.GetQualitySummary(From=start, To=end),
             "events": svc.GetDrEventSummary(From=start, To=end),
             "series": svc.GetCustomerSeries(CustomerId="C-LD-000003", From=start, To=end, Resolution="slot"),
+            "kinds": svc.GetSensorKinds(),
+            "sensors": svc.GetSensorSeries(Kind="temperature", From=start, To=end),
         }
 
     r = await asyncio.to_thread(calls)
     assert r["ops"] == {"GetGroups", "GetUsageAggregate", "GetQualitySummary", "GetDrEventSummary",
-                        "GetCustomerSeries"}
+                        "GetCustomerSeries", "GetSensorKinds", "GetSensorSeries"}
     assert {g.Cluster for g in r["groups"]} == {"demo-tower-a", "demo-tower-b", "demo-district-1"}
     assert r["usage"].Suppressed == SLOTS and {i.Group for i in r["usage"].Items.UsageBucket} == {
         "demo-tower-a", "demo-tower-b"}
     assert r["quality"].Total == 2 and r["quality"].Items.QualityBucket[0].Normal > 0
     assert r["events"].Total == 0
     assert {p.LdId for p in r["series"].Items.SeriesPoint} == {"LD-000003"}
+    assert not r["kinds"] and r["sensors"].Total == 0  # no IEEE 1888 points here (tests/test_public_sensors.py)
 
     def refused() -> list[str]:
         out = []
