@@ -1,11 +1,12 @@
 """ADR fan-out benchmark: ``python -m bench.adr_fanout [--lds 10000] [--head-ends 4] [--latency 0.1]
-[--concurrency 32] [--db sqlite:///...]``.
+[--concurrency 32] [--answer-inline-max 1000] [--db sqlite:///...]``.
 
 One DR event targeting the VEN as a whole reaches N metering points with active policies on the
 head-end simulator (``latency`` seconds per request, ``concurrency`` requests in flight per
 head-end). Measured: time until the opt answer is ready (what the VTN waits for), and time until
 every reservation is recorded in the action history; checked: no reservation lost (every action
-reserved, one simulator reservation per LD).
+reserved, one simulator reservation per LD). ``--answer-inline-max`` above N gives the baseline in
+which every LD is matched and its action inserted before answering.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from hub.services.adr_events import DrEvent, Interval, Signal, Targets
 from hub.services.adr_policies import PolicyIn
 
 
-def build(url: str, lds: int, head_ends: int, latency: float, concurrency: int) -> Hub:
+def build(url: str, lds: int, head_ends: int, latency: float, concurrency: int, inline_max: int = 1000) -> Hub:
     upgrade(make_engine(url))
     settings = Settings.model_validate({"database": {"url": url}, "log": {"format": "text"},
-                                        "openadr": {"answer_grace_s": 0.5, "fanout_concurrency": 4096}})
+                                        "openadr": {"answer_grace_s": 0.5, "fanout_concurrency": 4096,
+                                                    "answer_inline_max": inline_max}})
     hub = Hub(settings, Database.from_url(url), head_end_factory=functools.partial(build_head_end))
     seed_catalogue(hub, head_ends=head_ends, capacity=max(20_000, lds),
                    simulator={"latency_s": latency, "concurrency": concurrency})
@@ -71,17 +73,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--head-ends", type=int, default=4)
     p.add_argument("--latency", type=float, default=0.1)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--answer-inline-max", type=int, default=1000)
     p.add_argument("--db", default=None, help="database URL (default: a temporary SQLite file)")
     a = p.parse_args(argv)
     url = a.db or f"sqlite:///{Path(tempfile.mkdtemp()) / 'adr.db'}"
     t = time.perf_counter()
-    hub = build(url, a.lds, a.head_ends, a.latency, a.concurrency)
+    hub = build(url, a.lds, a.head_ends, a.latency, a.concurrency, a.answer_inline_max)
     setup = time.perf_counter() - t
     try:
         result = asyncio.run(measure(hub, a.lds))
     finally:
         hub.close()
-    result.update({"head_ends": a.head_ends, "latency_s": a.latency, "concurrency": a.concurrency,
+    result.update({"head_ends": a.head_ends, "latency_s": a.latency, "concurrency": a.concurrency, "answer_inline_max": a.answer_inline_max,
                    "setup_s": round(setup, 1), "backend": url.split(":", 1)[0]})
     print(json.dumps(result))
 
