@@ -12,6 +12,8 @@ MeterConfig/Meter -> a registration record (:class:`hub.services.registry.Device
 | Names/name | name |
 | UsagePoint/mRID | ld_id (usually given later, at installation) |
 
+``change MeterConfig`` updates its comms data through the provisioning service (electronicAddress/lan
+-> ip[:port], status/value ``dhcp-done`` / ``provisioned``); identity fields stay fixed.
 ``delete MeterConfig`` disposes of the device (it must not be installed). UsagePointConfig/UsagePoint
 is a metering point: mRID = LD_ID, ``Equipments`` names its meter (mRID, name or serial; a Names
 entry with NameType ``PD_ID`` gives the PD_ID to install under, else the device's own), Names/name
@@ -29,6 +31,7 @@ from adapters.cim.envelope import ID, Message
 from adapters.cim.profile import Outcome, identifiers, kid, kids, refuse, text
 from hub.services.errors import ServiceError
 from hub.services.installation import Installation, LogicalDeviceInstallation
+from hub.services.provisioning import ProvisioningUpdate
 from hub.services.registry import DeviceRegistration
 
 if TYPE_CHECKING:
@@ -79,6 +82,82 @@ async def create_meter(edge: CimEdge, msg: Message) -> Outcome:
             continue
         out.ids.append(ID(str(view.get("id", view.get("physical_device", {}).get("id", ""))), kind="other",
                           id_type="physical-device-key", object_type="Meter"))
+        out.done += 1
+    return out
+
+
+STATUS_STEPS = {"dhcp-done": "dhcp_done", "provisioned": "provisioned"}
+"""``change MeterConfig`` Meter/status/value -> the provisioning step it reports done."""
+FIXED_FIELDS = ("type", "formNumber", "amrSystem")
+
+
+def _lan(lan: str) -> dict[str, object]:
+    """``ip``, ``ip:port`` or ``[ipv6]:port`` as provisioning fields (validated by the service)."""
+    if lan.startswith("[") and "]" in lan:
+        host, _, rest = lan[1:].partition("]")
+        return {"ip": host, **({"port": rest[1:]} if rest.startswith(":") else {})}
+    if lan.count(":") == 1:
+        host, port = lan.split(":")
+        return {"ip": host, "port": port}
+    return {"ip": lan}
+
+
+async def change_meter(edge: CimEdge, msg: Message) -> Outcome:
+    """Update a registered meter's comms data through the provisioning service: its address
+    (``electronicAddress/lan``: an IP address, with ``:port`` optionally; ``[v6]:port`` for IPv6)
+    and provisioning progress (``status/value`` ``dhcp-done`` or ``provisioned``). The meter is
+    named by mRID (PD_ID or key) or serialNumber. Identity data the hub keeps fixed after
+    registration (type, formNumber, amrSystem, mac, names) is refused for that meter."""
+    out = Outcome()
+    for n, meter in enumerate(_elements(edge, msg, "MeterConfig", "Meter"), start=1):
+        names = identifiers(meter)
+        label = names[0] if names else f"Meter[{n}]"
+        address = kid(meter, "electronicAddress")
+        fixed = [f for f in FIXED_FIELDS if text(meter, f)]
+        if address is not None and text(address, "mac"):
+            fixed.append("electronicAddress/mac")
+        if kids(meter, "Names"):
+            fixed.append("Names")
+        if kid(meter, "UsagePoint") is not None:
+            fixed.append("UsagePoint (install with UsagePointConfig)")
+        if fixed:
+            out.fail("invalid-object", f"Meter[{n}] {label}: {', '.join(fixed)} cannot be changed after "
+                     "registration (dispose of the meter and register it again)", obj=label, object_type="Meter",
+                     xpath=f"MeterConfig/Meter[{n}]")
+            continue
+        update: dict[str, object] = {}
+        lan = text(address, "lan") if address is not None else None
+        if lan:
+            update.update(_lan(lan))
+        status = kid(meter, "status")
+        value = text(status, "value") if status is not None else None
+        if value:
+            step = STATUS_STEPS.get(value)
+            if step is None:
+                out.fail("invalid-object", f"Meter[{n}] {label}: status {value} is not one of "
+                         f"{', '.join(STATUS_STEPS)}", obj=label, object_type="Meter")
+                continue
+            update[step] = True
+        if not update:
+            out.fail("invalid-object", f"Meter[{n}] {label}: nothing to change (electronicAddress/lan, status/value)",
+                     obj=label, object_type="Meter", xpath=f"MeterConfig/Meter[{n}]")
+            continue
+        found = await edge.hub.run(edge.hub.cim_reads.device, names)
+        if found is None:
+            out.fail("not-found", f"no live meter named {label}", obj=label, object_type="Meter")
+            continue
+        try:
+            data = ProvisioningUpdate.model_validate(update)
+            await edge.hub.run(edge.hub.provisioning.update, "physical-device", found[0], data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            out.fail("invalid-object", f"Meter[{n}] {label}: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                     obj=label, object_type="Meter", xpath=f"MeterConfig/Meter[{n}]")
+            continue
+        except ServiceError as exc:
+            _service_error(out, exc, label, "Meter")
+            continue
+        out.ids.append(ID(str(found[0]), kind="other", id_type="physical-device-key", object_type="Meter"))
         out.done += 1
     return out
 
@@ -160,4 +239,4 @@ async def delete_usage_point(edge: CimEdge, msg: Message) -> Outcome:
     return out
 
 
-__all__ = ["create_meter", "create_usage_point", "delete_meter", "delete_usage_point"]
+__all__ = ["change_meter", "create_meter", "create_usage_point", "delete_meter", "delete_usage_point"]

@@ -49,6 +49,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("created", "MeterReadings"): readings.create,
     ("get", "EndDeviceEvents"): events.get,
     ("create", "MeterConfig"): config_nouns.create_meter,
+    ("change", "MeterConfig"): config_nouns.change_meter,
     ("delete", "MeterConfig"): config_nouns.delete_meter,
     ("create", "UsagePointConfig"): config_nouns.create_usage_point,
     ("change", "UsagePointConfig"): config_nouns.create_usage_point,
