@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, date, datetime, timedelta
 
-from tests.test_public_api import clock, pclient, phub, seed_usage  # noqa: F401
+from tests.test_public_api import clock, phub, seed_usage  # noqa: F401
 
 
 async def test_the_run_starts_with_the_app_makes_yesterdays_files_and_purges_old_ones(phub, clock, aiohttp_client):

@@ -17,7 +17,6 @@ Values that are not numbers (the protocol's values are strings) are left out.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
