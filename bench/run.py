@@ -17,12 +17,14 @@ from pathlib import Path
 from bench.billing_export import bench_billing_export
 from bench.collection import bench_collection
 from bench.harness import Run, machine, markdown, write_json
+from bench.ieee1888 import bench_ieee1888
 from bench.fleet import Fleet, write_csv
 from bench.registration import bench_registration, import_devices, prepare_store
 from bench.search import bench_search
 from bench.stores import BACKENDS, fresh_database, postgresql_server
 
-BENCHMARKS = ("registration", "search", "billing", "collection")
+BENCHMARKS = ("registration", "search", "billing", "collection", "ieee1888")
+FLEET_BENCHMARKS = ("registration", "search", "billing", "collection")
 
 
 def _names(value: str, known: tuple[str, ...], what: str) -> list[str]:
@@ -62,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mdmhub-bench-") as tmp:
         workdir = Path(tmp)
         for backend in args.backend:
+            if "ieee1888" in args.only:
+                with fresh_database(backend, workdir) as url:  # its own store: points, not meters
+                    print(f"[{backend}] IEEE 1888 WRITE and FETCH over HTTP ...", file=sys.stderr, flush=True)
+                    bench_ieee1888(run, backend, url, workdir)
+            if not any(b in FLEET_BENCHMARKS for b in args.only):
+                continue
             with fresh_database(backend, workdir) as url:
                 print(f"[{backend}] registration of {args.devices:,} meters ...", file=sys.stderr, flush=True)
                 if "registration" in args.only:

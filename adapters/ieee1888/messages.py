@@ -8,11 +8,13 @@ carries a DOCTYPE at all; the caller caps the size before parsing.
 
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass, field
 from typing import Any
 from datetime import UTC, datetime, timedelta, timezone
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape
 
 from lxml import etree
 
@@ -232,9 +234,11 @@ async def read_capped(stream: Any, cap: int) -> bytes | None:
 # time
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_time(text: str) -> datetime:
     """xsd:dateTime with 0-9 fraction digits and an offset (``Z``, ``+09:00`` or ``+0900``).
-    A time without any zone is refused (ValueError)."""
+    A time without any zone is refused (ValueError). Cached: a gateway sends the same few instants
+    for every point of a site."""
     m = _TIME_RE.match(text)
     if not m:
         raise ValueError(f"not an xsd:dateTime: {text[:60]!r}")
@@ -253,28 +257,30 @@ def parse_time(text: str) -> datetime:
 
 def format_time(t: datetime, zone: timezone = UTC) -> str:
     """Millisecond precision with an explicit offset, e.g. ``2026-01-01T09:00:00.000+09:00``."""
-    local = t.astimezone(zone)
-    off = local.utcoffset() or timedelta(0)
-    minutes = int(off.total_seconds() // 60)
-    sign = "-" if minutes < 0 else "+"
-    minutes = abs(minutes)
-    return local.strftime("%Y-%m-%dT%H:%M:%S.") + f"{local.microsecond // 1000:03d}{sign}{minutes // 60:02d}:" \
-        f"{minutes % 60:02d}"
+    return t.astimezone(zone).isoformat(timespec="milliseconds")  # an aware time always shows its offset
 
 
 # ------------------------------------------------------------------------------------------------
 # serialisation (C-SDK-compatible wire form)
 
 
+_ATTR_SPECIAL = re.compile(r'[&<>"\n\r\t]')
+_TEXT_SPECIAL = re.compile(r"[&<>]")
+_ATTR_ENTITIES = {'"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}
+
+
+def _attr_text(v: str) -> str:
+    """An attribute value for double quotes (a FETCH answer holds one per value: the common case,
+    nothing to escape, is checked with one scan)."""
+    return v if _ATTR_SPECIAL.search(v) is None else escape(v, _ATTR_ENTITIES)
+
+
+def _text(v: str) -> str:
+    return v if _TEXT_SPECIAL.search(v) is None else escape(v)
+
+
 def _attrs(pairs: list[tuple[str, str | None]]) -> str:
-    out = []
-    for k, v in pairs:
-        if v is not None:
-            q = quoteattr(v)
-            if q.startswith("'"):  # quoteattr picks single quotes when the value holds '"'
-                q = '"' + escape(v, {'"': "&quot;"}) + '"'
-            out.append(f" {k}={q}")
-    return "".join(out)
+    return "".join(f' {k}="{_attr_text(v)}"' for k, v in pairs if v is not None)
 
 
 def query_xml(q: Query) -> str:
@@ -290,7 +296,8 @@ def query_xml(q: Query) -> str:
 def point_xml(p: Point) -> str:
     if not p.values:
         return f"<point{_attrs([('id', p.id)])}/>"
-    vals = "".join(f"<value{_attrs([('time', v.time)])}>{escape(v.text)}</value>" for v in p.values)
+    vals = "".join(f'<value time="{_attr_text(v.time)}">{_text(v.text)}</value>' if v.time is not None
+                   else f"<value>{_text(v.text)}</value>" for v in p.values)
     return f"<point{_attrs([('id', p.id)])}>{vals}</point>"
 
 
