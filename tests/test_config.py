@@ -2,7 +2,7 @@
 
 import pytest
 
-from hub.config import ConfigError, load_settings
+from hub.config import ConfigError, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -50,3 +50,13 @@ def test_unknown_keys_and_backends_are_refused(tmp_path):
         load_settings(cfg)
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_every_setting_is_documented_in_the_configuration_guide():
+    from pathlib import Path
+
+    guide = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    undocumented = [f"{section}.{key}" for section, field in Settings.model_fields.items()
+                    for key in field.annotation.model_fields
+                    if f"| `{section}.{key}` |" not in guide]
+    assert not undocumented, f"settings missing from docs/configuration.md: {undocumented}"
