@@ -80,8 +80,26 @@ def seed_demo(hub: Hub) -> str:
         hub.provisioning.update("physical-device", key, ProvisioningUpdate(
             dhcp_done=True, provisioned=True, ip=f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", port=4059,
             common_key=f"demo-key-{n:06d}"))
+    policies = seed_adr_policies(hub, [row["ld_id"] for row in demo_rows(settings.meters, settings.seed,
+                                                                           settings.head_ends)])
     spread = ", ".join(f"HE{he}: {n}" for he, n in sorted(report.assigned.items()))
-    return f"{report.stored} meters on {settings.head_ends} head-ends ({spread}), provisioned and active"
+    return (f"{report.stored} meters on {settings.head_ends} head-ends ({spread}), provisioned and active; "
+            f"{policies} with an active ADR policy")
+
+
+ADR_SHARE = 5
+"""Every fifth demo meter answers DR events: the seed's participation estimate of 20 %."""
+
+
+def seed_adr_policies(hub: Hub, ld_ids: list[str]) -> int:
+    """Active ADR policies for a share of the demo meters, so an event sent to the demo's VEN (as a
+    whole: every LD with an active policy) reserves capacity changes at once: SIMPLE levels 1-3 cut
+    the contract to 15 A, any day and hour, no notice needed."""
+    from hub.services.adr_policies import PolicyIn
+
+    rows = [PolicyIn(ld_id=ld_id, signal_levels=[1, 2, 3], reduced_amps=15)
+            for n, ld_id in enumerate(ld_ids) if n % ADR_SHARE == 0]
+    return hub.adr.policies.create_many(rows)
 
 
 IEEE1888_SITE_FILE = "ieee1888_points.toml"

@@ -78,6 +78,15 @@ def test_demo_starts_a_hub_that_answers_health_and_lists_its_meters(tmp_path):
         active = json.load(urllib.request.urlopen(f"{url}/api/v1/logical-devices?use_state=A&limit=1", timeout=10))
         assert active["total"] == 120
         assert Path(tmp_path / "var" / "mdmhub.db").exists()
+        policies = json.load(urllib.request.urlopen(f"{url}/api/v1/adr/policies?limit=1", timeout=10))
+        assert policies["total"] == 24  # every fifth meter answers DR events
+        runs: dict = {"items": []}
+        while time.monotonic() < deadline and {r["kind"] for r in runs["items"]} != {"backfill", "scheduled"}:
+            runs = json.load(urllib.request.urlopen(f"{url}/api/v1/collection/runs?he_id=1", timeout=10))
+            time.sleep(0.2)
+        assert {r["kind"] for r in runs["items"]} == {"backfill", "scheduled"}  # the last day is there at once
+        backfill = next(r for r in runs["items"] if r["kind"] == "backfill")
+        assert backfill["state"] == "done" and backfill["expected"] == 60 * 2 * 48
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
