@@ -12,7 +12,8 @@ server starts) read with one query of 50 keys, ``acceptableSize`` 10,000, follow
 the end (pages cross points). Each page's round trip is timed; values/s and the p99 of one page are
 reported. Baseline: the same values read with the raw driver, by keyset pages of 10,000.
 
-Set-up (untimed): ``mdmhub db upgrade``, the points registered through the point service.
+Set-up (untimed): ``mdmhub db upgrade``, the points registered through the point service. Peak
+memory is the server process's own high-water RSS (``VmHWM``) read just before it is stopped.
 """
 
 from __future__ import annotations
@@ -125,13 +126,22 @@ class Server:
                 await asyncio.sleep(0.2)
         raise RuntimeError("server did not start")
 
+    def peak_rss_mib(self) -> float:
+        """The server's own high-water RSS (``VmHWM``). Not ``wait4``'s ``ru_maxrss``: Linux carries
+        that across ``exec``, so it would include this (large) process's RSS at the fork."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM for the server process")
+
     def stop(self) -> ChildRun:
+        peak = self.peak_rss_mib() if self.proc.poll() is None else float("nan")
         self.proc.send_signal(signal.SIGTERM)
         _, status, usage = os.wait4(self.proc.pid, 0)
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         self.out.close()
         self.err.close()
-        return ChildRun(self.proc.returncode, time.perf_counter() - self.started, usage.ru_maxrss / 1024,
+        return ChildRun(self.proc.returncode, time.perf_counter() - self.started, peak,
                         usage.ru_utime + usage.ru_stime, Path(self.out.name).read_text(errors="replace"),
                         Path(self.err.name).read_text(errors="replace"))
 
