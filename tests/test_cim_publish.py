@@ -181,3 +181,26 @@ async def test_the_running_hub_delivers_on_its_own(env, aiohttp_client):
             break
         await asyncio.sleep(0.05)
     assert sub.nouns() == ["EndDeviceEvents"]
+
+
+async def test_a_broken_publisher_never_blocks_the_nms_or_the_alert(env):
+    hub, _, _, lds = env
+    nms = Recorder()
+    hub.alerts.notifier = nms
+
+    def broken(_records) -> None:
+        raise RuntimeError("publisher down")
+
+    hub.alerts.listeners.insert(0, broken)
+    ids = await hub.run(hub.alerts.raise_alerts, [alert(lds[0])])
+    assert nms.got == ids and hub.alerts.get(ids[0])["nms_sent_at"] is not None
+    assert hub.outbox.stats(CHANNEL)["erp"]["queued"] == 1  # the 61968-9 publisher after it still queued
+
+
+async def test_subscribers_get_only_the_nouns_they_asked_for(env):
+    hub, _, sub, lds = env
+    hub.settings.cim.subscribers[0].nouns = ["MeterReadings"]
+    await hub.run(hub.alerts.raise_alerts, [alert(lds[0])])
+    await hub.collection.collect(1, START)
+    assert await publisher_of(hub).deliver_once() == 2
+    assert sub.nouns() == ["MeterReadings", "MeterReadings"]
