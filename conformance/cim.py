@@ -34,7 +34,7 @@ TIMEOUT = 60
 
 
 class CaseFailure(AssertionError):
-    pass
+    """A check of a case did not hold; the message says what was expected."""
 
 
 @dataclass

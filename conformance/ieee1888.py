@@ -51,7 +51,7 @@ VALUES = 7
 
 
 class CheckFailed(AssertionError):
-    pass
+    """A check did not hold; the message says what was expected."""
 
 
 @dataclass

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from lxml import etree
 
-from adapters.cim import xmlsafe
+from adapters import xmlsafe
 
 MSG_NS = "http://iec.ch/TC57/2011/schema/message"
 ACCEPTED_NS = {

@@ -31,7 +31,8 @@ from aiohttp import web
 from lxml import etree
 
 import schemas
-from adapters.cim import publish, wsdl, xmlsafe
+from adapters import xmlsafe
+from adapters.cim import publish, wsdl
 from adapters.cim.envelope import Message, Reply, build_element, reply_to, wrapper_for
 from adapters.cim.service import CimEdge, error_item, lenient_header, served
 
@@ -47,7 +48,7 @@ SCHEMA_FILES = {p.name for p in schemas.path("cim/Message.xsd").parent.glob("*.x
 
 
 class TooLarge(Exception):
-    pass
+    """The body is over ``[cim] max_message_bytes``; it is refused before being read whole."""
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

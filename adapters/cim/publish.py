@@ -26,7 +26,8 @@ import aiohttp
 from aiohttp import web
 from lxml import etree
 
-from adapters.cim import codes, xmlsafe
+from adapters import xmlsafe
+from adapters.cim import codes
 from adapters.cim.envelope import build_element, event, parse_time
 from adapters.cim.events import build_events
 from adapters.cim.readings import build_meter_readings

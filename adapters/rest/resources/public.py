@@ -63,19 +63,19 @@ class UsageQ(AggregateQuery, Page):
 
 
 class QualityQ(QualityQuery, Page):
-    pass
+    """Quality-summary filters plus paging."""
 
 
 class EventsQ(Period, Page):
-    pass
+    """A period plus paging."""
 
 
 class SeriesQ(SeriesQuery, Page):
-    pass
+    """Customer-series filters plus paging."""
 
 
 class SensorQ(SensorQuery, Page):
-    pass
+    """Sensor-series filters plus paging."""
 
 
 USAGE_COLS = ["group", "period_start", "energy_kwh", "meters", "customers"]
@@ -226,7 +226,7 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 
 class LogQ(AccessLogQuery, Page):
-    pass
+    """Access-log filters plus paging."""
 
 
 @routes.get("/api/v1/access/log", tag="access", query=LogQ, responses=AUTH,

@@ -2,9 +2,10 @@
 
 lxml is set up so that nothing outside the document is ever read and nothing inside expands:
 no DTD loading, no entity resolution, no network, no huge-tree mode (lxml's own depth and text
-limits stay on). A document that declares a DOCTYPE at all is refused: 61968-100 messages never
-need one, and refusing it closes billion-laughs and XXE in one rule. Size is checked by the
-transport before the body is read whole (see :mod:`adapters.cim.http`).
+limits stay on). A document that declares a DOCTYPE at all is refused: none of the hub's XML
+edges (61968-100, IEEE 1888, the public SOAP API) needs one, and refusing it closes billion-laughs
+and XXE in one rule. Each edge caps the size before the body is read whole, and maps the two
+errors below to its own protocol's error.
 """
 
 from __future__ import annotations
@@ -37,4 +38,6 @@ def parse(data: bytes) -> etree._Element:
     info = tree.getroottree().docinfo
     if info.doctype or info.internalDTD is not None:
         raise UnsafeXml("document type declarations and entities are not accepted")
+    if any(isinstance(node, etree._Entity) for node in tree.iter()):
+        raise UnsafeXml("entity references are not accepted")
     return tree
