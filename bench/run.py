@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from bench.billing_export import bench_billing_export
+from bench.cim import bench_cim
 from bench.collection import bench_collection
 from bench.harness import Run, machine, markdown, write_json
 from bench.ieee1888 import bench_ieee1888
@@ -23,7 +24,7 @@ from bench.registration import bench_registration, import_devices, prepare_store
 from bench.search import bench_search
 from bench.stores import BACKENDS, fresh_database, postgresql_server
 
-BENCHMARKS = ("registration", "search", "billing", "collection", "ieee1888")
+BENCHMARKS = ("registration", "search", "billing", "collection", "ieee1888", "cim")
 FLEET_BENCHMARKS = ("registration", "search", "billing", "collection")
 
 
@@ -68,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
                 with fresh_database(backend, workdir) as url:  # its own store: points, not meters
                     print(f"[{backend}] IEEE 1888 WRITE and FETCH over HTTP ...", file=sys.stderr, flush=True)
                     bench_ieee1888(run, backend, url, workdir)
+            if "cim" in args.only:
+                with fresh_database(backend, workdir) as url:  # its own store: a day ingested over HTTP
+                    print(f"[{backend}] 61968-9 ingest of {args.devices:,} meters' day and get MeterReadings ...",
+                          file=sys.stderr, flush=True)
+                    bench_cim(run, backend, url, workdir, meters=args.devices)
             if not any(b in FLEET_BENCHMARKS for b in args.only):
                 continue
             with fresh_database(backend, workdir) as url:
