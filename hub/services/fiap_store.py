@@ -8,7 +8,8 @@ WRITE rules (docs/ieee1888.md):
 - values of numeric kinds must be finite numbers; a value without a time takes the hub's clock;
 - the same (point, time) with the same value is accepted again and changes nothing; a different
   value for a stored (point, time) is refused (the first value stays), as is a WRITE carrying two
-  values for one (point, time);
+  values for one (point, time). The check is the insert itself, in the WRITE's one transaction, so
+  two writers racing on one (point, time) cannot both be told OK (:mod:`hub.services.fiap_values`);
 - every accepted value lands in ``fiap_value`` as written; a value of a point mapped to a canonical
   channel (logical device + register) that falls on the 30-minute grid is also stored on the
   readings path (:meth:`CollectionService.ingest_reads`, source ``ieee1888``);
@@ -25,7 +26,7 @@ import time as _time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import Connection, and_, insert, select, tuple_
 
@@ -37,8 +38,8 @@ from hub.ports import SLOT_SECONDS, RegisterRead
 from hub.services.alerts import AlertService
 from hub.services.diagnosis import AlertDraft
 from hub.services.errors import Conflict, InvalidInput, NotFound, ServiceError
+from hub.services.fiap_values import Row, ValueInserter
 from hub.services.points import Caller, Point, PointService
-from hub.services.usage_writer import _Binder
 
 log = logging.getLogger("mdmhub.ieee1888")
 SOURCE = "ieee1888"
@@ -48,7 +49,6 @@ ALERT_EVERY_S = 3600.0
 _CHUNK = 900
 VALUES: Any = FiapValue.__table__  # type: ignore[attr-defined]
 OUTBOX: Any = FiapOutbox.__table__  # type: ignore[attr-defined]
-_VALUE_COLUMNS = ("point_id", "time", "value", "number", "source", "received_at")
 
 Op = Literal["eq", "neq", "lt", "gt", "lteq", "gteq"]
 
@@ -72,9 +72,9 @@ class ForbiddenPoints(ServiceError):
         self.point_ids = list(point_ids)
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One value of one point; ``time`` None means "now" (aware datetimes otherwise)."""
+class Sample(NamedTuple):
+    """One value of one point; ``time`` None means "now" (aware datetimes otherwise). A tuple:
+    a WRITE makes one per value."""
 
     point_id: str
     time: datetime | None
@@ -119,101 +119,97 @@ class FiapStore:
 
     def write(self, samples: Sequence[Sample], caller: Caller | None = None, source: str = SOURCE) -> WriteReport:
         """Store ``samples`` all or nothing (see the module rules). ``caller`` None is the hub
-        itself (fetched values), which the writer allow-lists do not restrict."""
+        itself (fetched values), which the writer allow-lists do not restrict.
+
+        One transaction: the points are resolved, the values inserted where no value is stored
+        (the insert itself finds the duplicates, :mod:`hub.services.fiap_values`), the skipped
+        keys compared with what is stored, and the forwarding queue filled; any refusal rolls it
+        all back."""
         report = WriteReport(received=len(samples))
         if not samples:
             return report
         ids = list(dict.fromkeys(s.point_id for s in samples))
-        points = self.points.resolve(ids)
-        unknown = [p for p in ids if p not in points]
-        if unknown:
-            self._alert_unregistered(unknown, caller, len(samples))
-            raise UnregisteredPoints(unknown)
-        writer, forbidden = self.points.writers.forbidden(caller, ids)
-        if forbidden:
-            raise ForbiddenPoints(writer, forbidden)
         now = self.clock()
-        wanted = self._validated(samples, points, now)
-        existing = self._existing(wanted)
-        clashes = [k for k, v in wanted.items() if k in existing and existing[k] != v[0]]
-        if clashes:
-            pid, t = clashes[0]
-            raise Conflict.on("value", f"{len(clashes)} value(s) differ from the stored value for the same point "
-                                       f"and time, e.g. {pid} at {t.isoformat()}: stored "
-                                       f"{existing[(pid, t)]!r}, sent {wanted[(pid, t)][0]!r}")
-        new = {k: v for k, v in wanted.items() if k not in existing}
-        report.duplicates = len(wanted) - len(new)
+        try:
+            with self.db.session() as s:
+                conn = s.connection()
+                points = self.points.resolve(ids, conn)
+                unknown = [p for p in ids if p not in points]
+                if unknown:
+                    raise UnregisteredPoints(unknown)
+                writer, forbidden = self.points.writers.forbidden(caller, ids)
+                if forbidden:
+                    raise ForbiddenPoints(writer, forbidden)
+                rows = self._rows(samples, points, source[:64], now)
+                new = self._insert(conn, rows)
+                report.forwarded = self._enqueue(conn, new, now)
+        except UnregisteredPoints as exc:
+            self._alert_unregistered(exc.point_ids, caller, len(samples))
+            raise
+        report.stored = len(new)
+        report.duplicates = len(rows) - len(new)
         if new:
-            report.stored, report.forwarded = self._insert(new, source, now)
-            report.new = [Sample(p, t, v[0]) for (p, t), v in new.items()]
+            report.new = [Sample(r[0], r[1], r[2]) for r in new]
             report.canonical = self._to_readings(new, points)
         return report
 
-    def _validated(self, samples: Sequence[Sample], points: dict[str, Point],
-                   now: datetime) -> dict[tuple[str, datetime], tuple[str, float | None]]:
-        out: dict[tuple[str, datetime], tuple[str, float | None]] = {}
-        for s in samples:
-            t = s.time if s.time is not None else now
-            if t.tzinfo is None or t.utcoffset() is None:
-                raise InvalidInput.on("time", f"{s.point_id}: time {t.isoformat()} has no time zone")
-            t = t.astimezone(now.tzinfo) if now.tzinfo else t
-            if len(s.value) > VALUE_MAX:
-                raise InvalidInput.on("value", f"{s.point_id}: value longer than {VALUE_MAX} characters")
-            number = _number(s.value)
-            if points[s.point_id].numeric and number is None:
-                raise InvalidInput.on("value", f"{s.point_id}: {s.value[:40]!r} is not a number "
-                                               f"({points[s.point_id].kind} values are numbers)")
-            key = (s.point_id, t)
-            if key in out and out[key][0] != s.value:
-                raise Conflict.on("value", f"{s.point_id} has two different values at {t.isoformat()} in one WRITE")
-            out[key] = (s.value, number)
-        return out
+    def _rows(self, samples: Sequence[Sample], points: dict[str, Point], source: str, now: datetime) -> list[Row]:
+        """Validated rows, one per (point, time), sorted by point and time (the insert's lock order)."""
+        zone = now.tzinfo
+        numeric = {p: pt.numeric for p, pt in points.items()}
+        out: dict[tuple[str, datetime], Row] = {}
+        for pid, t, value in samples:
+            if t is None:
+                t = now
+            elif t.tzinfo is not zone:
+                if t.tzinfo is None or t.utcoffset() is None:
+                    raise InvalidInput.on("time", f"{pid}: time {t.isoformat()} has no time zone")
+                if zone is not None:
+                    t = t.astimezone(zone)
+            if len(value) > VALUE_MAX:
+                raise InvalidInput.on("value", f"{pid}: value longer than {VALUE_MAX} characters")
+            number = _number(value)
+            if number is None and numeric[pid]:
+                raise InvalidInput.on("value", f"{pid}: {value[:40]!r} is not a number "
+                                               f"({points[pid].kind} values are numbers)")
+            key = (pid, t)
+            seen = out.get(key)
+            if seen is not None and seen[2] != value:
+                raise Conflict.on("value", f"{pid} has two different values at {t.isoformat()} in one WRITE")
+            out[key] = (pid, t, value, number, source, now)
+        return sorted(out.values())
 
-    def _existing(self, wanted: dict[tuple[str, datetime], Any]) -> dict[tuple[str, datetime], str]:
-        by_point: dict[str, list[datetime]] = {}
-        for p, t in wanted:
-            by_point.setdefault(p, []).append(t)
-        out: dict[tuple[str, datetime], str] = {}
-        with self.db.session() as s:
-            ids = list(by_point)
-            for i in range(0, len(ids), _CHUNK):
-                chunk = ids[i:i + _CHUNK]
-                lo = min(min(by_point[p]) for p in chunk)
-                hi = max(max(by_point[p]) for p in chunk)
-                rows = s.execute(select(VALUES.c.point_id, VALUES.c.time, VALUES.c.value)
-                                 .where(VALUES.c.point_id.in_(chunk), VALUES.c.time >= lo, VALUES.c.time <= hi))
-                for p, t, v in rows:
-                    if (p, t) in wanted:
-                        out[(p, t)] = v
-        return out
+    @staticmethod
+    def _insert(conn: Connection, rows: list[Row]) -> list[Row]:
+        """Insert ``rows`` where nothing is stored; the rows inserted. A row whose key holds a
+        different value refuses the WRITE (Conflict; the caller's transaction rolls back)."""
+        inserted, stored = ValueInserter(conn).insert_new(rows)
+        clashes = [(rows[i], v) for i, v in stored.items() if v != rows[i][2]]
+        if clashes:
+            (pid, t, sent, *_), first = clashes[0]
+            raise Conflict.on("value", f"{len(clashes)} value(s) differ from the stored value for the same point "
+                                       f"and time, e.g. {pid} at {t.isoformat()}: stored {first!r}, sent {sent!r}")
+        if len(stored) + len(inserted) != len(rows):  # a skipped key with no row: deleted meanwhile
+            raise ServiceError("values were removed while this WRITE was stored; send it again")
+        return [rows[i] for i in inserted]
 
-    def _insert(self, new: dict[tuple[str, datetime], tuple[str, float | None]], source: str,
-                now: datetime) -> tuple[int, int]:
-        src = source[:64]
-        rows = [(p, t, v, n, src, now) for (p, t), (v, n) in new.items()]
+    def _enqueue(self, conn: Connection, new: list[Row], now: datetime) -> int:
+        """Queue the new values of forwarded points for their upstreams (same transaction)."""
         queued = [{"upstream": u.name, "point_id": r[0], "time": r[1], "value": r[2],
                    "state": "queued", "attempts": 0, "next_attempt_at": now, "queued_at": now}
-                  for u in self.settings.upstreams for r in rows
+                  for u in self.settings.upstreams for r in new
                   if any(fnmatch.fnmatchcase(r[0], pat) for pat in u.points)]
-        with self.db.session() as s:
-            conn: Connection = s.connection()
-            # plain tuples through the readings path's binder: SQLAlchemy's per-row parameter
-            # processing was most of a WRITE's time (two timestamps a value)
-            binder = _Binder(conn, VALUES)
-            for i in range(0, len(rows), 5000):
-                binder.insert_ignore(_VALUE_COLUMNS, rows[i:i + 5000])
-            for i in range(0, len(queued), 2000):
-                conn.execute(insert(OUTBOX), queued[i:i + 2000])
-        return len(rows), len(queued)
+        for i in range(0, len(queued), 2000):
+            conn.execute(insert(OUTBOX), queued[i:i + 2000])
+        return len(queued)
 
-    def _to_readings(self, new: dict[tuple[str, datetime], tuple[str, float | None]],
-                     points: dict[str, Point]) -> dict[str, Any]:
-        reads = []
-        for (p, t), (_, n) in new.items():
-            pt = points[p]
-            if pt.ld_id is not None and pt.sub_number is not None and n is not None \
-                    and t.timestamp() % SLOT_SECONDS == 0:
-                reads.append(RegisterRead(pt.ld_id, pt.sub_number, t, n))
+    def _to_readings(self, new: list[Row], points: dict[str, Point]) -> dict[str, Any]:
+        channels = {p: (pt.ld_id, pt.sub_number) for p, pt in points.items()
+                    if pt.ld_id is not None and pt.sub_number is not None}
+        if not channels:
+            return {}
+        reads = [RegisterRead(*channels[p], t, n) for p, t, _, n, *_ in new
+                 if p in channels and n is not None and t.timestamp() % SLOT_SECONDS == 0]
         if not reads:
             return {}
         result = self._ingest(reads, source=SOURCE)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.db import Database
@@ -214,14 +214,24 @@ class PointService:
             rows = s.scalars(q.order_by(FiapPoint.point_id).limit(limit).offset(offset)).all()
             return [_point(r).as_dict() for r in rows], total
 
-    def resolve(self, point_ids: Iterable[str]) -> dict[str, Point]:
-        """The registered points among ``point_ids`` (unknown IDs are absent)."""
+    def resolve(self, point_ids: Iterable[str], conn: Connection | None = None) -> dict[str, Point]:
+        """The registered points among ``point_ids`` (unknown IDs are absent). With ``conn``, in
+        that connection's transaction (a WRITE resolves its points and stores its values in one)."""
         ids = sorted(set(point_ids))
-        out: dict[str, Point] = {}
+        if conn is not None:
+            return self._resolve(conn, ids)
         with self.db.session() as s:
-            for i in range(0, len(ids), _CHUNK):
-                for r in s.scalars(select(FiapPoint).where(FiapPoint.point_id.in_(ids[i:i + _CHUNK]))):
-                    out[r.point_id] = _point(r)
+            return self._resolve(s.connection(), ids)
+
+    @staticmethod
+    def _resolve(conn: Connection, ids: list[str]) -> dict[str, Point]:
+        table = FiapPoint.__table__  # type: ignore[attr-defined]
+        out: dict[str, Point] = {}
+        for i in range(0, len(ids), _CHUNK):
+            q = select(table.c.point_id, table.c.kind, table.c.unit, table.c.name, table.c.ld_id,
+                       table.c.sub_number).where(table.c.point_id.in_(ids[i:i + _CHUNK]))
+            for row in conn.execute(q):
+                out[row[0]] = Point(*row)
         return out
 
     def children(self, prefix: str, visible: Callable[[str], bool] | None = None) -> list[tuple[str, bool]]:
