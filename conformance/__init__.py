@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
-SUITES: dict[str, Callable[[str | None], int]] = {}
+SUITES: dict[str, Callable[..., int]] = {}
 
 
 def _cim(target: str | None) -> int:
@@ -21,11 +22,21 @@ def _cim(target: str | None) -> int:
 SUITES["cim"] = _cim
 
 
-def run_suite(name: str, target: str | None) -> int:
-    """Run the named suite; returns the process exit code (0 all passed, 1 failures, 2 usage)."""
+def _openadr_ven(target: str | None, **options: Any) -> int:
+    from conformance.openadr_ven import run  # openleadr only when the suite runs
+
+    return run(target, **options)
+
+
+SUITES["openadr-ven"] = _openadr_ven
+
+
+def run_suite(name: str, target: str | None, **options: Any) -> int:
+    """Run the named suite; returns the process exit code (0 all passed, 1 failures, 2 usage).
+    ``options`` are the suite's own (e.g. ``vtn_port`` of openadr-ven), passed only when given."""
     suite = SUITES.get(name)
     if suite is None:
         print(f"unknown conformance suite {name!r}; available: {', '.join(sorted(SUITES)) or 'none yet'}",
               file=sys.stderr)
         return 2
-    return suite(target)
+    return suite(target, **options) if options else suite(target)

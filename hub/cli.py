@@ -320,8 +320,12 @@ def access_create_client(ctx: click.Context, client_id: str, scopes: tuple[str, 
 
 @main.command()
 @click.argument("suite", required=False)
-@click.option("--target", help="URL of the endpoint under test.")
-def conformance(suite: str | None, target: str | None) -> None:
+@click.option("--target", help="URL of the endpoint under test (openadr-ven: the host its test VTN binds).")
+@click.option("--vtn-port", type=int, help="openadr-ven: port of the test VTN the VEN under test registers with.")
+@click.option("--hub-ven", is_flag=True, help="openadr-ven: also start this hub's own VEN against the test VTN.")
+@click.pass_context
+def conformance(ctx: click.Context, suite: str | None, target: str | None, vtn_port: int | None,
+                hub_ven: bool) -> None:
     """Run a conformance suite against an endpoint (lists the suites without arguments)."""
     from conformance import SUITES, run_suite
     import conformance.ieee1888  # noqa: F401 - registers the IEEE 1888 suite
@@ -329,7 +333,8 @@ def conformance(suite: str | None, target: str | None) -> None:
     if suite is None:
         click.echo("conformance suites: " + (", ".join(sorted(SUITES)) or "none yet"))
         return
-    sys.exit(run_suite(suite, target))
+    options = {"vtn_port": vtn_port, "hub_ven": hub_ven, "config": ctx.find_root().obj.get("config")}
+    sys.exit(run_suite(suite, target, **options) if suite == "openadr-ven" else run_suite(suite, target))
 
 
 if __name__ == "__main__":  # pragma: no cover
