@@ -10,6 +10,9 @@ errors below to its own protocol's error.
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
+
 from lxml import etree
 
 
@@ -21,23 +24,63 @@ class MalformedXml(ValueError):
     """The document is not well-formed XML."""
 
 
+OPTIONS = {"resolve_entities": False, "no_network": True, "load_dtd": False, "dtd_validation": False,
+           "huge_tree": False, "remove_comments": True, "remove_pis": True}
+"""The one set of parser settings, for whole-document and streaming parses alike."""
+
+
 def _parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-                           huge_tree=False, remove_comments=True, remove_pis=True)
+    return etree.XMLParser(**OPTIONS)
+
+
+def _refuse_declarations(data: bytes) -> None:
+    head = data[:4096].lstrip()
+    if b"<!DOCTYPE" in head.upper() or b"<!ENTITY" in data.upper():
+        raise UnsafeXml("document type declarations and entities are not accepted")
+
+
+def iterparse(data: bytes, events: tuple[str, ...] = ("start", "end"),
+              tag: list[str] | None = None) -> Iterator[tuple[str, etree._Element]]:
+    """(event, element) pairs of ``data`` parsed incrementally under the same rules as :func:`parse`,
+    so a caller can consume and drop elements of a large document as they complete (with no DTD,
+    an entity reference can only be malformed). ``tag`` limits the events to those elements
+    (lxml's filter, ``{*}name`` for any namespace); the whole document is still parsed and checked.
+    The last pair is ``("document", root)``. Raises :class:`UnsafeXml` or :class:`MalformedXml`
+    (possibly after some events)."""
+    _refuse_declarations(data)
+    checked = False
+    parser = etree.iterparse(io.BytesIO(data), events=events, tag=tag, **OPTIONS)
+    try:
+        for event, el in parser:
+            if not checked:
+                _refuse_doctype(el)
+                checked = True
+            yield event, el
+    except etree.XMLSyntaxError as exc:
+        raise MalformedXml(f"not well-formed XML: {exc}") from None
+    _refuse_doctype(parser.root)
+    yield "document", parser.root
+
+
+def _refuse_doctype(el: etree._Element) -> None:
+    info = el.getroottree().docinfo
+    if info.doctype or info.internalDTD is not None:
+        raise UnsafeXml("document type declarations and entities are not accepted")
 
 
 def parse(data: bytes) -> etree._Element:
     """The root element of ``data``; raises :class:`UnsafeXml` or :class:`MalformedXml`."""
-    head = data[:4096].lstrip()
-    if b"<!DOCTYPE" in head.upper() or b"<!ENTITY" in data.upper():
-        raise UnsafeXml("document type declarations and entities are not accepted")
+    _refuse_declarations(data)
     try:
         tree = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
         raise MalformedXml(f"not well-formed XML: {exc}") from None
-    info = tree.getroottree().docinfo
-    if info.doctype or info.internalDTD is not None:
-        raise UnsafeXml("document type declarations and entities are not accepted")
-    if any(isinstance(node, etree._Entity) for node in tree.iter()):
-        raise UnsafeXml("entity references are not accepted")
+    _refuse_doctype(tree)
+    refuse_entities(tree)
     return tree
+
+
+def refuse_entities(root: etree._Element) -> None:
+    """Refuse a tree holding entity reference nodes (left unresolved by the parser settings)."""
+    if any(isinstance(node, etree._Entity) for node in root.iter()):  # noqa: SLF001 - lxml's node class
+        raise UnsafeXml("entity references are not accepted")

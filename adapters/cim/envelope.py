@@ -26,6 +26,7 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from lxml import etree
 
@@ -132,6 +133,9 @@ class Message:
     payload: Payload | None = None
     version: str = "2011"
     wrapper: str | None = None
+    stream: Any = None
+    """A payload read as a stream (:class:`adapters.cim.stream.Streamed`): Payload then holds the
+    emptied profile element and the handler reads the MeterReading elements from here."""
 
 
 def _local(el: etree._Element) -> str:

@@ -32,7 +32,7 @@ from lxml import etree
 
 import schemas
 from adapters import xmlsafe
-from adapters.cim import publish, wsdl
+from adapters.cim import publish, stream, wsdl
 from adapters.cim.envelope import Message, Reply, build_element, reply_to, wrapper_for
 from adapters.cim.service import CimEdge, error_item, lenient_header, served
 
@@ -80,12 +80,12 @@ async def post_message(request: web.Request) -> web.Response:
     except TooLarge:
         return _xml(_refusal(edge, "too-large", f"the message is over {edge.settings.max_message_bytes} bytes"), 413)
     try:
-        root = xmlsafe.parse(body)
+        parsed = stream.read(body)
     except xmlsafe.UnsafeXml as exc:
         return _xml(_refusal(edge, "forbidden-dtd", str(exc)))
     except xmlsafe.MalformedXml as exc:
         return _xml(_refusal(edge, "malformed-xml", str(exc)))
-    return _xml(await edge.process(root, "http"))
+    return _xml(await edge.process(parsed.root, "http", parsed.streamed))
 
 
 # SOAP --------------------------------------------------------------------------------------------
@@ -128,7 +128,8 @@ async def post_soap(request: web.Request) -> web.Response:
     except TooLarge:
         return _soap_fault(edge, "too-large", f"the message is over {edge.settings.max_message_bytes} bytes", version)
     try:
-        env = xmlsafe.parse(body)
+        parsed = stream.read(body)
+        env = parsed.root
     except xmlsafe.UnsafeXml as exc:
         return _soap_fault(edge, "forbidden-dtd", str(exc), version)
     except xmlsafe.MalformedXml as exc:
@@ -141,7 +142,7 @@ async def post_soap(request: web.Request) -> web.Response:
     content = [c for c in (soap_body if soap_body is not None else []) if isinstance(c.tag, str)]
     if not content:
         return _soap_fault(edge, "bad-header", "the SOAP Body is empty", version)
-    response = await edge.process(content[0], "soap")
+    response = await edge.process(content[0], "soap", parsed.streamed)
     ctype = "text/xml" if version == SOAP11 else "application/soap+xml"
     return web.Response(body=soap_envelope(build_element(response, wrapper_for(response)), version),
                         content_type=ctype, charset="utf-8")

@@ -14,7 +14,10 @@ computed like polled reads; ReadingQualities set the matching quality flags.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -29,9 +32,7 @@ from adapters.cim.profile import (
     identifiers,
     kid,
     kids,
-    ref,
     refuse,
-    text,
     unique,
     window,
 )
@@ -196,19 +197,70 @@ def _reading_type(b: Builder, root: etree._Element, rt: codes.ReadingTypeRow) ->
 
 # ingest ----------------------------------------------------------------------------------------
 
+_KEPT_QUALITY = ~int(Quality.VALID | Quality.MISSING)
+"""Quality bits a partner's ReadingQualities may set on stored rows (plain int: enum arithmetic per
+reading would cost more than the rest of its mapping)."""
+MAX_REFUSED_LISTED = 100
+"""Refused readings listed one by one in the reply; the rest are counted in one Error."""
+
+
+@functools.cache
+def _quality_bits() -> dict[str, int]:
+    """ReadingQualityType code -> the hub's quality bits."""
+    by_name = {name: int(flag) for flag, name in FLAG_NAMES.items()}
+    return {code: by_name[name] for code, name in codes.quality_flags_by_code().items() if name in by_name}
+
+
+@dataclass
+class _Ingest:
+    """What the batches of one create / created MeterReadings did, added up."""
+
+    meter_readings: int = 0
+    reads: int = 0
+    rejected: int = 0
+    report: dict[str, int] = field(default_factory=lambda: {"received": 0, "stored": 0, "duplicates": 0, "filled": 0})
+
+
 async def create(edge: CimEdge, msg: Message) -> Outcome:
-    """``create MeterReadings`` and ``created MeterReadings``: store register values."""
+    """``create MeterReadings`` and ``created MeterReadings``: store register values.
+
+    The MeterReading elements are taken in batches: those of a streamed message as
+    :mod:`adapters.cim.stream` reads them (already validated), otherwise those of the validated
+    payload elements."""
     out = Outcome()
-    if not msg.payload or not msg.payload.elements:
-        raise refuse("bad-request", "Payload must carry a MeterReadings element", "Payload")
-    known = codes.reading_types()
+    stream = msg.stream
+    if stream is not None:
+        batches: Iterable[list[etree._Element]] = stream.batches()
+    else:
+        if not msg.payload or not msg.payload.elements:
+            raise refuse("bad-request", "Payload must carry a MeterReadings element", "Payload")
+        validated = [edge.payload(element, "MeterReadings") for element in msg.payload.elements]
+        batches = ([mr for mrs in validated for mr in kids(mrs, "MeterReading")],)
+    done = _Ingest()
+    source = ("cim:" + (msg.header.source or "external"))[:32]
+    for batch in batches:
+        await _ingest_batch(edge, batch, source, out, done)
+    if done.rejected > MAX_REFUSED_LISTED:
+        out.fail("invalid-object", f"{done.rejected - MAX_REFUSED_LISTED} more readings refused")
+    out.done = done.reads - done.rejected
+    if not out.errors and not done.reads and done.meter_readings:
+        out.done = 1  # nothing to store (all known-missing): still a success
+    out.summary = {**done.report, "rejected": done.rejected}  # type: ignore[attr-defined]
+    return out
+
+
+async def _ingest_batch(edge: CimEdge, batch: list[etree._Element], source: str, out: Outcome,
+                        done: _Ingest) -> None:
+    """Map one batch of MeterReading elements to register reads and store them."""
+    if not batch:
+        return
+    ns = etree.QName(batch[0]).namespace
+    up_tag, meter_tag = f"{{{ns}}}UsagePoint", f"{{{ns}}}Meter"
     entries: list[tuple[etree._Element, list[str], list[str]]] = []
-    for element in msg.payload.elements:
-        mrs = edge.payload(element, "MeterReadings")
-        for mr in kids(mrs, "MeterReading"):
-            up, meter = kid(mr, "UsagePoint"), kid(mr, "Meter")
-            entries.append((mr, identifiers(up) if up is not None else [],
-                            identifiers(meter) if meter is not None else []))
+    for mr in batch:
+        up, meter = mr.find(up_tag), mr.find(meter_tag)
+        entries.append((mr, identifiers(up) if up is not None else [],
+                        identifiers(meter) if meter is not None else []))
     hub = edge.hub
     points, _ = await hub.run(hub.cim_reads.resolve, unique(n for _, u, _ in entries for n in u),
                               unique(n for _, _, m in entries for n in m))
@@ -219,63 +271,90 @@ async def create(edge: CimEdge, msg: Message) -> Outcome:
     registers = await hub.run(hub.cim_reads.registers, {p.group_id for p in points})
     reads: list[RegisterRead] = []
     flags: list[tuple[str, int, datetime, int]] = []
-    for n, (mr, ups, meters) in enumerate(entries, start=1):
-        where = f"MeterReading[{n}]"
+    mapper = _Mapper(ns, out, reads, flags)
+    for mr, ups, meters in entries:
+        done.meter_readings += 1
+        where = f"MeterReading[{done.meter_readings}]"
         point = _pick(by_name, ups, meters)
         if point is None:
             label = (ups or meters or ["(none)"])[0]
             out.fail("not-found", f"{where}: no installed metering point for {label}", obj=label,
                      object_type="UsagePoint", xpath=where)
             continue
-        subs = {r.obis: r.sub_number for r in registers.get(point.group_id, [])}
-        items: list[tuple[str | None, etree._Element, str]] = []
-        for r in kids(mr, "Readings"):
-            items.append((ref(r, "ReadingType"), r, f"{where}/Readings"))
-        for block in kids(mr, "IntervalBlocks"):
-            code = ref(block, "ReadingType")
-            items += [(code, ir, f"{where}/IntervalBlocks") for ir in kids(block, "IntervalReadings")]
+        mapper.meter(mr, point, {r.obis: r.sub_number for r in registers.get(point.group_id, [])}, where)
+    report = await hub.run(hub.collection.ingest_reads, reads, source) if reads else \
+        {"received": 0, "stored": 0, "duplicates": 0, "filled": 0, "rejected": []}
+    for r in report["rejected"][:max(0, MAX_REFUSED_LISTED - done.rejected)]:
+        out.fail("invalid-object", f"{r['ld_id']} register {r['sub_number']} at {r['measured_time']}: {r['reason']}",
+                 obj=r["ld_id"], object_type="UsagePoint")
+    if flags:
+        await hub.run(hub.cim_reads.add_quality, flags)
+    done.reads += len(reads)
+    done.rejected += len(report["rejected"])
+    for key in done.report:
+        done.report[key] += report[key]
+
+
+class _Mapper:
+    """Register reads of MeterReading elements of one profile namespace (the per-reading work of
+    an ingest: element lookups by full tag, each distinct timeStamp parsed once)."""
+
+    def __init__(self, ns: str | None, out: Outcome, reads: list[RegisterRead],
+                 flags: list[tuple[str, int, datetime, int]]) -> None:
+        t = (lambda name: f"{{{ns}}}{name}") if ns else (lambda name: name)
+        self.readings, self.blocks, self.interval = t("Readings"), t("IntervalBlocks"), t("IntervalReadings")
+        self.reading_type, self.stamp, self.value = t("ReadingType"), t("timeStamp"), t("value")
+        self.qualities, self.quality_type = t("ReadingQualities"), t("ReadingQualityType")
+        self.out, self.reads, self.flags = out, reads, flags
+        self.known = codes.reading_types()
+        self.bits = _quality_bits()
+        self.times: dict[str, datetime] = {}
+
+    def _code(self, el: etree._Element) -> str | None:
+        rt = el.find(self.reading_type)
+        return rt.get("ref") if rt is not None else None
+
+    def meter(self, mr: etree._Element, point: MeteringPoint, subs: dict[str, int], where: str) -> None:
+        groups: list[tuple[str | None, list[etree._Element], str]] = [
+            (self._code(r), [r], f"{where}/Readings") for r in mr.iterchildren(self.readings)]
+        groups += [(self._code(b), list(b.iterchildren(self.interval)), f"{where}/IntervalBlocks")
+                   for b in mr.iterchildren(self.blocks)]
         refused: set[str] = set()
-        for code, el, path in items:
-            rt = known.get(code or "")
+        keep = _KEPT_QUALITY
+        for code, elements, path in groups:
+            rt = self.known.get(code or "")
             if rt is None or not rt.ingest or rt.obis not in subs:
                 if (code or "") not in refused:
                     refused.add(code or "")
                     why = ("is not known to the hub" if rt is None else "carries increments; send register values"
                            if not rt.ingest else f"names register {rt.obis}, which {point.ld_id} does not have")
-                    out.fail("unknown-code" if rt is None else "invalid-object", f"{path}: ReadingType {code} {why}",
-                             obj=code or "", object_type="ReadingType", xpath=path)
+                    self.out.fail("unknown-code" if rt is None else "invalid-object",
+                                  f"{path}: ReadingType {code} {why}", obj=code or "", object_type="ReadingType",
+                                  xpath=path)
                 continue
-            stamp, value = text(el, "timeStamp"), decimal(text(el, "value"), f"{path}/value")
-            if stamp is None:
-                out.fail("invalid-object", f"{path}: a reading without timeStamp", obj=point.ld_id,
-                         object_type="UsagePoint", xpath=path)
-                continue
-            t = parse_time(stamp, f"{path}/timeStamp")
-            bits = 0
-            for q in kids(el, "ReadingQualities"):
-                name = codes.quality_flags_by_code().get(ref(q, "ReadingQualityType") or "")
-                if name:
-                    bits |= next(f for f, n in FLAG_NAMES.items() if n == name)
-            if value is None:
-                continue  # a known-missing read: nothing to store
-            reads.append(RegisterRead(point.ld_id, subs[rt.obis], t, value))
-            if bits & ~(Quality.VALID | Quality.MISSING):
-                flags.append((point.ld_id, subs[rt.obis], t, int(bits & ~(Quality.VALID | Quality.MISSING))))
-    source = ("cim:" + (msg.header.source or "external"))[:32]
-    report = await hub.run(hub.collection.ingest_reads, reads, source) if reads else \
-        {"received": 0, "stored": 0, "duplicates": 0, "filled": 0, "rejected": []}
-    for r in report["rejected"][:100]:
-        out.fail("invalid-object", f"{r['ld_id']} register {r['sub_number']} at {r['measured_time']}: {r['reason']}",
-                 obj=r["ld_id"], object_type="UsagePoint")
-    if len(report["rejected"]) > 100:
-        out.fail("invalid-object", f"{len(report['rejected']) - 100} more readings refused")
-    if flags:
-        await hub.run(hub.cim_reads.add_quality, flags)
-    out.done = len(reads) - len(report["rejected"])
-    if not out.errors and not reads and entries:
-        out.done = 1  # nothing to store (all known-missing): still a success
-    out.summary = report  # type: ignore[attr-defined]
-    return out
+            sub = subs[rt.obis]
+            for el in elements:
+                stamp = el.findtext(self.stamp)
+                stamp = stamp.strip() if stamp else None
+                if not stamp:
+                    self.out.fail("invalid-object", f"{path}: a reading without timeStamp", obj=point.ld_id,
+                                  object_type="UsagePoint", xpath=path)
+                    continue
+                t = self.times.get(stamp)
+                if t is None:
+                    t = self.times[stamp] = parse_time(stamp, f"{path}/timeStamp")
+                raw = el.findtext(self.value)
+                value = decimal(raw.strip() or None, f"{path}/value") if raw is not None else None
+                bits = 0
+                if len(el) > 2:
+                    for q in el.iterchildren(self.qualities):
+                        rq = q.find(self.quality_type)
+                        bits |= self.bits.get(rq.get("ref") or "", 0) if rq is not None else 0
+                if value is None:
+                    continue  # a known-missing read: nothing to store
+                self.reads.append(RegisterRead(point.ld_id, sub, t, value))
+                if bits & keep:
+                    self.flags.append((point.ld_id, sub, t, bits & keep))
 
 
 def _pick(by_name: dict[str, list[MeteringPoint]], ups: list[str], meters: list[str]) -> MeteringPoint | None:

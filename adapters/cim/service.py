@@ -33,6 +33,7 @@ from adapters.cim.envelope import (
     reply_to,
 )
 from adapters.cim.profile import Outcome
+from adapters.cim.stream import Streamed
 from hub.services.errors import Conflict, InvalidInput, NotFound, ServiceError
 
 if TYPE_CHECKING:
@@ -113,14 +114,19 @@ class CimEdge:
                                                "message_id": header.message_id})
         return reply_to(header, Reply("FAILED", [error_item(key, details, xpath)]), source=self.settings.source)
 
-    async def process(self, root: etree._Element, transport: str = "http") -> Message:
-        """The reply to the document ``root``."""
+    async def process(self, root: etree._Element, transport: str = "http", streamed: Streamed | None = None) -> Message:
+        """The reply to the document ``root``; ``streamed`` is its payload when
+        :func:`adapters.cim.stream.read` left it to be read in batches (``root`` is then the skeleton)."""
         try:
             msg = read_message(root, self.settings.max_message_bytes * 4)
             schemas.validate_envelope(root, msg.kind)
+            if streamed is not None and streamed.violation is not None:
+                raise EnvelopeError(streamed.violation.key, streamed.violation.details, streamed.violation.xpath,
+                                    msg)
         except EnvelopeError as exc:
             return self.failed(exc.message.header if exc.message else lenient_header(root), exc.key, exc.details,
                                exc.xpath)
+        msg.stream = streamed
         h = msg.header
         if msg.kind in ("ResponseMessage", "FaultMessage"):
             return reply_to(h, Reply("OK", [error_item("ack", "reply received")]), source=self.settings.source)

@@ -55,7 +55,7 @@ SLOT = timedelta(seconds=SLOT_SECONDS)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 REPORTED_ROWS = 1000
 """Expired rows listed one by one in a re-collection report (all are counted)."""
-INGEST_CHUNK = 2000
+INGEST_CHUNK = 25_000
 """Pushed reads stored per transaction."""
 
 RunBlocking = Callable[..., Awaitable[Any]]
@@ -79,6 +79,15 @@ def slots_between(first: datetime, last: datetime) -> list[datetime]:
 
 def _on_grid(at: datetime) -> bool:
     return (utc(at) - EPOCH) % SLOT == timedelta(0)
+
+
+def _time_problem(at: datetime) -> str | None:
+    """Why a pushed read's time cannot be stored, or None."""
+    if at.tzinfo is None or at.utcoffset() is None:
+        return "measured_time has no time zone"
+    if not _on_grid(at):
+        return "measured_time is not on the 30-minute grid"
+    return None
 
 
 @dataclass
@@ -385,18 +394,23 @@ class CollectionService:
         refused and listed; the same reads stored twice change nothing."""
         reads = list(reads)
         registers = self._registers([r.ld_id for r in reads])
+        subs = {ld: {reg.sub_number for reg in regs} for ld, regs in registers.items()}
+        time_problems: dict[datetime, str | None] = {}  # a batch holds few distinct instants
         accepted: list[RegisterRead] = []
         rejected: list[dict[str, Any]] = []
         for r in reads:
             reason = None
-            if r.ld_id not in registers:
+            have = subs.get(r.ld_id)
+            if have is None:
                 reason = "unknown or uninstalled LD_ID"
-            elif r.sub_number not in {reg.sub_number for reg in registers[r.ld_id]}:
+            elif r.sub_number not in have:
                 reason = f"the device type has no register {r.sub_number}"
-            elif r.measured_time.tzinfo is None or r.measured_time.utcoffset() is None:
-                reason = "measured_time has no time zone"
-            elif not _on_grid(r.measured_time):
-                reason = "measured_time is not on the 30-minute grid"
+            else:
+                t = r.measured_time
+                if t in time_problems:
+                    reason = time_problems[t]
+                else:
+                    reason = time_problems[t] = _time_problem(t)
             if reason:
                 rejected.append({"ld_id": r.ld_id, "sub_number": r.sub_number,
                                  "measured_time": r.measured_time.isoformat(), "reason": reason})
