@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiohttp import web
+from openleadr.messaging import parse_message
 
 from adapters.openadr.reports import REDUCTION_RID, USAGE_RID
 from adapters.openadr.translate import load_mapping
@@ -56,7 +58,17 @@ class ReportingVtn(Vtn):
         super().__init__()
         self.offered: list[tuple[str, str]] = []
         self.received: dict[str, list[tuple[datetime, float]]] = {}
+        self.updates: list[dict[str, Any]] = []  # every oadrReport of every oadrUpdateReport, as parsed
         self.server.add_handler("on_register_report", self.on_register_report)
+        self.server.app.middlewares.append(self.keep_updates)
+
+    @web.middleware
+    async def keep_updates(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.endswith("/EiReport"):
+            kind, payload = parse_message(await request.read())
+            if kind == "oadrUpdateReport":
+                self.updates.extend(payload["reports"])
+        return await handler(request)
 
     def on_register_report(self, ven_id: str, resource_id: str, measurement: str, unit: str, scale: str,
                            min_sampling_interval: timedelta, max_sampling_interval: timedelta) -> tuple:
@@ -98,6 +110,15 @@ async def test_the_vtn_receives_usage_and_the_achieved_reduction_of_an_event(adr
     await until(lambda: rvtn.received.get("achieved-reduction"), timeout=5)
     # 2 participating LDs x ((1.0 - 0.6) + (1.0 - 0.7)); LD-000003 has no policy and is left out
     assert rvtn.received["achieved-reduction"] == [(EVENT_START, pytest.approx(1.4))]
+    # the event's reduction comes in an oadrReport of its own named by the eventID, over its window
+    [named] = [r for r in rvtn.updates if r["report_id"] == "EV-R"]
+    [interval] = named["intervals"]
+    assert (interval["dtstart"], interval["duration"], interval["report_payload"]["r_id"]) == (
+        EVENT_START, timedelta(minutes=60), REDUCTION_RID)
+    assert interval["report_payload"]["value"] == pytest.approx(1.4)
+    assert named["report_name"] == "TELEMETRY_USAGE"
+    assert all(i["report_payload"]["r_id"] == USAGE_RID for r in rvtn.updates if r["report_id"] != "EV-R"
+               for i in r.get("intervals") or [])
     # usage of the last complete slot (10:30-11:00) over the LDs with an active policy: 2 x 0.7
     await until(lambda: rvtn.received.get("participating-lds"), timeout=5)
     at, value = rvtn.received["participating-lds"][-1]

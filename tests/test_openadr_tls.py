@@ -119,6 +119,12 @@ class SecureVtn(Vtn):
                                     verify_message_signatures=True, show_fingerprint=False,
                                     show_server_cert_domain=False)
         self.server.add_handler("on_create_party_registration", self.on_register)
+        self.server.add_handler("on_register_report", self.on_register_report)
+        self.reported: list[tuple[datetime, float]] = []
+
+    def on_register_report(self, ven_id: str, resource_id: str, measurement: str, unit: str, scale: str,
+                           min_sampling_interval: timedelta, max_sampling_interval: timedelta) -> tuple[Any, ...]:
+        return self.reported.extend, timedelta(seconds=1)
 
     def lookup(self, ven_id: str) -> dict[str, Any] | None:
         if ven_id != VEN_ID:
@@ -161,12 +167,15 @@ async def test_signed_messages_over_tls_carry_an_event_to_the_meters(adr_hub, sv
         svtn.publish(svtn.event("EV-TLS", start))
         assert await until(lambda: svtn.answers) == [("EV-TLS", "optIn")]
         await settled(adr_hub)
+        await until(lambda: svtn.reported, timeout=5)
     finally:
         await ven.stop()
     assert sorted(actions(adr_hub)) == [("EV-TLS", 0, "LD-000001", "reserved"), ("EV-TLS", 0, "LD-000002", "reserved")]
     clock.now = start + timedelta(minutes=1)
     assert await contract(adr_hub, "LD-000001") == 20
     assert sent and all(SIGNATURE in x for x in sent)          # every payload the VEN sent was signed
+    assert svtn.reported                                       # its own oadrUpdateReport too: the VTN verified it
+    assert any("oadrUpdateReport" in x for x in sent)
     created = [x for x in received if "oadrDistributeEvent" in x]
     assert created and all(SIGNATURE in x for x in created)    # and the VTN's events came signed
 

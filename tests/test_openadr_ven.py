@@ -12,14 +12,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiohttp import web
 from openleadr import OpenADRServer, enums, objects
+from openleadr.service import VTNService, handler, service
 
 from adapters.openadr.translate import load_mapping
 from adapters.openadr.ven import HubVen, VtnConfig
 from hub.ports import MeterRef
 from hub.runtime import Hub
 from hub.services.adr_policies import PolicyIn
-from tests.collecting import Clock, collecting_hub, device_key, install_meters
+from tests.collecting import Clock, collecting_hub, device_key, install_meters, set_head_end
 
 VEN_ID = "ven-mdmhub-1"
 VTN_ID = "VTN-TEST"
@@ -32,8 +34,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@service("EiOpt")
+class OptRecorder(VTNService):
+    """openleadr's VTN mounts no EiOpt route: this one keeps each oadrCreateOpt and acknowledges it."""
+
+    def __init__(self, vtn_id: str) -> None:
+        super().__init__(vtn_id)
+        self.opts: list[dict[str, Any]] = []
+
+    @handler("oadrCreateOpt")
+    async def create_opt(self, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        self.opts.append(payload)
+        return "oadrCreatedOpt", {"opt_id": payload["opt_id"]}
+
+
 class Vtn:
-    """A real openleadr VTN that registers any VEN as VEN_ID and can forget it."""
+    """A real openleadr VTN (with an EiOpt endpoint) that registers any VEN as VEN_ID and can forget it."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -45,6 +61,13 @@ class Vtn:
                                     requested_poll_freq=timedelta(seconds=0), ven_lookup=self.lookup,
                                     show_fingerprint=False, show_server_cert_domain=False)
         self.server.add_handler("on_create_party_registration", self.on_register)
+        self.opt_service = OptRecorder(VTN_ID)
+        self.server.app.add_routes([web.post(f"{self.server.http_path_prefix}/EiOpt", self.opt_service.handler)])
+
+    @property
+    def opts(self) -> list[tuple[str, int, str, str]]:
+        return [(o["event_id"], o["modification_number"], o["opt_type"], o["opt_reason"])
+                for o in self.opt_service.opts]
 
     def on_register(self, payload: dict[str, Any]) -> tuple[str, str]:
         self.registrations += 1
@@ -264,3 +287,27 @@ async def test_the_ven_keeps_polling_through_a_vtn_outage(adr_hub, ven, vtn, clo
     vtn.publish(vtn.event("EV-3", clock.now + timedelta(minutes=10)))
     assert await until(lambda: vtn.answers, timeout=15) == [("EV-3", "optIn")]
     assert enums.EVENT_STATUS.CANCELLED == "cancelled"
+
+
+async def test_an_event_whose_reservations_all_fail_after_opting_in_is_opted_out(adr_hub, vtn, ven, clock):
+    """The answer goes out optIn while the reservations are still in progress (the head-end answers
+    after the grace time); when every one of them then fails, the VEN sends oadrCreateOpt optOut."""
+    adr_hub.adr.settings = adr_hub.adr.settings.model_copy(update={"answer_grace_s": 0.2})
+    set_head_end(adr_hub, 1, latency_s=2.0, timeout_s=0.6)
+    vtn.publish(vtn.event("EV-F", clock.now + timedelta(minutes=10)))
+    assert await until(lambda: vtn.answers) == [("EV-F", "optIn")]
+    assert await until(lambda: vtn.opts) == [("EV-F", 0, "optOut", "notParticipating")]
+    assert {s for *_, s in actions(adr_hub)} == {"failed"}
+    [stored] = adr_hub.adr.list_events()["items"]
+    assert stored["response"] == "optOut" and "every reservation failed after the optIn" in stored["response_reason"]
+    assert ven.opts_sent == [("EV-F", 0, True)]
+
+
+async def test_an_event_with_a_reservation_held_is_not_opted_out(adr_hub, vtn, ven, clock):
+    adr_hub.adr.settings = adr_hub.adr.settings.model_copy(update={"answer_grace_s": 0.2})
+    set_head_end(adr_hub, 1, latency_s=0.5)
+    vtn.publish(vtn.event("EV-S", clock.now + timedelta(minutes=10)))
+    assert await until(lambda: vtn.answers) == [("EV-S", "optIn")]
+    await settled(adr_hub)
+    await adr_hub.adr.settle_withdrawals()
+    assert {s for *_, s in actions(adr_hub)} == {"reserved"} and vtn.opts == []

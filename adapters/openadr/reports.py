@@ -3,8 +3,9 @@
 TELEMETRY_USAGE, report specifier ``mdmhub-telemetry-usage``, two data points:
 - rID ``usage``: energy (kWh) of the last complete 30-minute slot, summed over the LDs with an
   active ADR policy, dated at the slot's start;
-- rID ``achieved-reduction``: the achieved reduction (kWh) of each DR event whose window ended since
-  the previous report, one interval per event dated at the event's start (see
+- rID ``achieved-reduction``: the achieved reduction (kWh) of each DR event of this VTN whose window
+  ended since the previous report, one interval per event spanning the event's window, in an
+  oadrReport of its own whose eiReportID is the eventID (see :mod:`adapters.openadr.update_report`;
   :mod:`hub.services.adr_reports` for the baseline).
 
 The core computes the figures (``hub.adr.reports``); this module only formats them for openleadr.
@@ -13,10 +14,13 @@ The core computes the figures (``hub.adr.reports``); this module only formats th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from openleadr import objects
+
+from adapters.openadr.update_report import EventReduction
 
 if TYPE_CHECKING:
     from hub.runtime import Hub
@@ -30,8 +34,9 @@ REDUCTION_RID = "achieved-reduction"
 class VenReports:
     """Samplers for openleadr's ``add_report`` callbacks; each asks the hub's core."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, vtn: Callable[[], str] | None = None) -> None:
         self.hub = hub
+        self.vtn = vtn  # the key the hub's ADR history knows this VTN by; None: every VTN's events
         self.reported_until: datetime | None = None
 
     def install(self, client: object, *, min_period: timedelta = timedelta(seconds=1),
@@ -48,10 +53,13 @@ class VenReports:
         at, value = await self.hub.run(self.hub.adr.reports.telemetry_usage, self.hub.adr.clock())
         return [(at, value)]
 
-    async def reductions(self) -> list[tuple[datetime, float]]:
+    async def reductions(self) -> list[tuple[datetime, EventReduction]]:
         now = self.hub.adr.clock()
         figures = await self.hub.run(self.hub.adr.reports.reductions_ended, self.reported_until, now)
         self.reported_until = now
+        if self.vtn is not None:
+            figures = [f for f in figures if f["vtn_id"] == self.vtn()]
         for f in figures:
             log.info("achieved reduction reported", extra={k: f[k] for k in ("event_id", "lds", "reduction_kwh")})
-        return [(f["start"], f["reduction_kwh"]) for f in figures]
+        return [(f["start"], EventReduction(f["reduction_kwh"], f["event_id"], f["end"] - f["start"]))
+                for f in figures]

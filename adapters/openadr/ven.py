@@ -18,9 +18,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openleadr import OpenADRClient
+from openleadr import OpenADRClient, enums, objects
 
 from adapters.openadr.reports import VenReports
+from adapters.openadr.update_report import OutgoingMessages
 from adapters.openadr.translate import (
     INVALID_DATA,
     OpenAdrMapping,
@@ -32,6 +33,7 @@ from adapters.openadr.translate import (
 if TYPE_CHECKING:
     from hub.config import OpenAdrSection
     from hub.runtime import Hub
+    from hub.services.adr import Withdrawal
 
 log = logging.getLogger("mdmhub.openadr")
 NOT_REGISTERED = (452, 463)  # invalid ID, not registered or authorised
@@ -83,6 +85,10 @@ class HubVen(OpenADRClient):
                          passphrase=cfg.key_passphrase, vtn_fingerprint=cfg.vtn_fingerprint,
                          ca_file=str(cfg.ca_file) if cfg.ca_file else None, check_hostname=cfg.check_hostname,
                          disable_signature=not signing, show_fingerprint=False)
+        self._create_message = OutgoingMessages(
+            self._create_message, cert=cfg.cert_file.read_bytes() if signing and cfg.cert_file else None,
+            key=cfg.key_file.read_bytes() if signing and cfg.key_file else None,
+            passphrase=cfg.key_passphrase, sign=signing)
         self.hub = hub
         self.cfg = cfg
         self.mapping = mapping
@@ -91,9 +97,11 @@ class HubVen(OpenADRClient):
         self.failures = 0  # consecutive polls without an answer
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.offered = VenReports(hub)
+        self.offered = VenReports(hub, vtn=lambda: self.vtn_key)
         self.offered.install(self)
         self._report_task: asyncio.Task[None] | None = None
+        self.vtn_key = cfg.vtn_url  # the VTN's vtnID once known: how the hub's ADR history names it
+        self.opts_sent: list[tuple[str, int, bool]] = []  # (eventID, modification, acknowledged)
 
     # life cycle ---------------------------------------------------------------------------------
 
@@ -102,12 +110,15 @@ class HubVen(OpenADRClient):
         self.loop = asyncio.get_running_loop()
         self._stopping = False
         self._task = asyncio.create_task(self._run_loop(), name=f"openadr-ven {self.cfg.vtn_url}")
+        self.hub.adr.withdrawal_listeners.append(self.withdraw)
         self._report_task = asyncio.create_task(self._report_queue_worker(), name="openadr-ven reports")
         if not self.scheduler.running:
             self.scheduler.start()  # openleadr runs the VTN's report requests on it
 
     async def stop(self) -> None:
         self._stopping = True
+        with contextlib.suppress(ValueError):
+            self.hub.adr.withdrawal_listeners.remove(self.withdraw)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         for task in (self._task, self._report_task):
@@ -223,6 +234,7 @@ class HubVen(OpenADRClient):
         """(eventID, modificationNumber, opt, code, reason, response required) per event, in order."""
         raw_events = message.get("events") or []
         vtn_id = str(message.get("vtn_id") or "")
+        self.vtn_key = vtn_id or self.cfg.vtn_url
         ven_ids = {self.ven_id} if self.ven_id else set()
         out: list[tuple[str, int, str, int, str, bool] | None] = []
         good, unreadable = [], set()
@@ -240,7 +252,7 @@ class HubVen(OpenADRClient):
                     unreadable.add(event_id)
                 required = not (isinstance(raw, dict) and raw.get("response_required") == "never")
                 out.append((event_id or "", mod or 0, "optOut", e.code, e.reason, required and bool(event_id)))
-        answers = iter(await self.hub.adr.receive(vtn_id or self.cfg.vtn_url, good, complete=True,
+        answers = iter(await self.hub.adr.receive(self.vtn_key, good, complete=True,
                                                   market_context=self.cfg.market_context, also_present=unreadable)
                        if good or not raw_events else [])
         result = []
@@ -250,6 +262,20 @@ class HubVen(OpenADRClient):
                 slot = (a.event_id, a.modification_number, a.opt, a.code, a.reason, a.response_required)
             result.append(slot)
         return result
+
+
+    async def withdraw(self, w: Withdrawal) -> None:
+        """Every reservation of an event this VEN opted in to failed: oadrCreateOpt optOut for it
+        (EiOpt, the VEN as the target), so the VTN does not count on the reduction."""
+        if w.vtn_id != self.vtn_key or not self.registered:
+            return
+        opt_id = await self.create_opt(opt_type=enums.OPT.OPT_OUT, opt_reason=enums.OPT_REASON.NOT_PARTICIPATING,
+                                       targets=[objects.Target(ven_id=self.ven_id)], event_id=w.event_id,
+                                       modification_number=w.modification_number)
+        self.opts_sent.append((w.event_id, w.modification_number, bool(opt_id)))
+        if not opt_id:
+            log.warning("VTN did not acknowledge oadrCreateOpt", extra={"vtn_url": self.cfg.vtn_url,
+                                                                       "event_id": w.event_id})
 
 
 __all__ = ["INVALID_DATA", "HubVen", "VtnConfig"]

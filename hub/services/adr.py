@@ -75,6 +75,17 @@ class Answer:
     response_required: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """An event the VEN answered optIn whose every reservation then failed: the edge tells the VTN
+    (oadrCreateOpt optOut) that the VEN does not take part after all."""
+
+    vtn_id: str
+    event_id: str
+    modification_number: int
+    reason: str
+
+
 @dataclass
 class _Job:
     lds: set[str]
@@ -128,6 +139,8 @@ class AdrService:
         self._idle: asyncio.Event | None = None
         self._ingest_lock = threading.Lock()  # ingesting and deferred planning of one VTN's events in turn
         self._deferred: list[tuple[int, DrEvent, set[str] | None, datetime]] = []
+        self.withdrawal_listeners: list[Callable[[Withdrawal], Awaitable[None]]] = []
+        self._watchers: set[asyncio.Task[None]] = set()
 
     # receiving events ---------------------------------------------------------------------------
 
@@ -145,11 +158,61 @@ class AdrService:
         job = self._submit(affected, [d[1] for d in watched], deferred)
         answers = []
         for answer, row_id, matched in decisions:
-            if row_id is None or matched <= 0:  # -1: matching runs after the answer
+            if row_id is None or matched == 0:
                 answers.append(answer)
                 continue
-            answers.append(await self._settle(job, answer, row_id, matched))
+            if matched > 0:  # -1: matching runs after the answer
+                answer = await self._settle(job, answer, row_id, matched)
+            if answer.opt == OPT_IN:
+                self._watch(job, vtn_id, row_id)
+            answers.append(answer)
         return answers
+
+    def _watch(self, job: _Job, vtn_id: str, row_id: int) -> None:
+        """Once the fan-out of an event answered optIn is over, withdraw if every reservation failed."""
+
+        async def watch() -> None:
+            assert job.done is not None
+            await asyncio.shield(job.done)
+            withdrawal = await self.run(self._withdraw_if_failed, vtn_id, row_id)
+            if withdrawal is None:
+                return
+            log.warning("every reservation of an event answered optIn failed; opting out",
+                        extra={"vtn_id": vtn_id, "event_id": withdrawal.event_id, "reason": withdrawal.reason})
+            for listener in list(self.withdrawal_listeners):
+                try:
+                    await listener(withdrawal)
+                except Exception:  # noqa: BLE001 - one failing edge does not stop the others
+                    log.exception("withdrawal listener failed", extra={"event_id": withdrawal.event_id})
+
+        task = asyncio.create_task(watch())
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    def _withdraw_if_failed(self, vtn_id: str, row_id: int) -> Withdrawal | None:
+        """The latest modification of an event answered optIn, every action of which ended
+        ``failed``: its stored answer becomes optOut (so a repeated delivery is answered alike)."""
+        with self.db.session() as s:
+            row = s.get(AdrEvent, row_id)
+            if row is None or row.response != OPT_IN:
+                return None
+            newer = s.scalar(select(func.count()).select_from(AdrEvent).where(
+                AdrEvent.vtn_id == row.vtn_id, AdrEvent.event_id == row.event_id,
+                AdrEvent.modification_number > row.modification_number))
+            states = dict(s.execute(select(AdrAction.state, func.count()).where(AdrAction.adr_event_id == row_id)
+                                    .group_by(AdrAction.state)).all())
+            if newer or not states.get("failed") or set(states) != {"failed"}:
+                return None
+            reason = (f"every reservation failed after the optIn answer ({states['failed']} metering points); "
+                      "opted out (oadrCreateOpt)")
+            row.response, row.response_reason = OPT_OUT, reason
+            s.add(row)
+            return Withdrawal(vtn_id, row.event_id, row.modification_number, reason)
+
+    async def settle_withdrawals(self) -> None:
+        """Wait until every pending withdrawal check has run (tests, shutdown)."""
+        while self._watchers:
+            await asyncio.gather(*list(self._watchers), return_exceptions=True)
 
     async def _settle(self, job: _Job, answer: Answer, row_id: int, matched: int) -> Answer:
         """optIn once a reservation of the event succeeded (or while they are still in progress after
