@@ -32,7 +32,9 @@ from adapters.cim.profile import (
     identifiers,
     kid,
     kids,
+    number_text,
     refuse,
+    time_text,
     unique,
     window,
 )
@@ -109,14 +111,24 @@ def build_meter_readings(points: list[MeteringPoint], registers: dict[int, list[
     root = b.root("MeterReadings")
     used_types: dict[str, codes.ReadingTypeRow] = {}
     used_rq: set[str] = set()
-    rq_codes = codes.quality_codes()
+    rq_flags = _quality_flags()
+    sub = etree.SubElement
+    ir_tag, ts_tag, value_tag, r_tag, rt_tag = (f"{{{NS}}}{n}" for n in (
+        "IntervalReadings", "timeStamp", "value", "Readings", "ReadingType"))
+    stamps: dict[datetime, str] = {}
+
+    def stamp(t: datetime) -> str:
+        out = stamps.get(t)
+        if out is None:
+            out = stamps[t] = time_text(t)
+        return out
 
     def qualities(parent: etree._Element, bits: int) -> None:
-        for flag, name in FLAG_NAMES.items():
-            if bits & flag and name in rq_codes:
+        for flag, code in rq_flags:
+            if bits & flag:
                 q = b.sub(parent, "ReadingQualities")
-                b.sub(q, "ReadingQualityType", ref=rq_codes[name])
-                used_rq.add(rq_codes[name])
+                b.sub(q, "ReadingQualityType", ref=code)
+                used_rq.add(code)
 
     for p in points:
         mr = b.sub(root, "MeterReading")
@@ -138,11 +150,12 @@ def build_meter_readings(points: list[MeteringPoint], registers: dict[int, list[
             used_types[rt.mrid] = rt
             block = b.sub(mr, "IntervalBlocks")
             for row in rows:
-                ir = b.sub(block, "IntervalReadings")
-                b.sub(ir, "timeStamp", row.measured_time)
+                ir = sub(block, ir_tag)
+                sub(ir, ts_tag).text = stamp(row.measured_time)
                 if row.increment is not None:
-                    b.sub(ir, "value", float(row.increment))
-                qualities(ir, row.quality & ~Quality.VALID)
+                    sub(ir, value_tag).text = number_text(float(row.increment))
+                if row.quality & _NOT_VALID:
+                    qualities(ir, row.quality & _NOT_VALID)
             b.sub(block, "ReadingType", ref=rt.mrid)
         meter = b.sub(mr, "Meter")
         b.sub(meter, "mRID", p.pd_id or p.serial or str(p.device_key))
@@ -151,12 +164,13 @@ def build_meter_readings(points: list[MeteringPoint], registers: dict[int, list[
         for rt, rows in readings:
             used_types[rt.mrid] = rt
             for row in rows:
-                r = b.sub(mr, "Readings")
-                b.sub(r, "timeStamp", row.measured_time)
+                r = sub(mr, r_tag)
+                sub(r, ts_tag).text = stamp(row.measured_time)
                 if row.register_value is not None:
-                    b.sub(r, "value", float(row.register_value))
-                qualities(r, row.quality & ~Quality.VALID)
-                b.sub(r, "ReadingType", ref=rt.mrid)
+                    sub(r, value_tag).text = number_text(float(row.register_value))
+                if row.quality & _NOT_VALID:
+                    qualities(r, row.quality & _NOT_VALID)
+                sub(r, rt_tag, ref=rt.mrid)
         up = b.sub(mr, "UsagePoint")
         b.sub(up, "mRID", p.ld_id)
     for code in sorted(used_rq):
@@ -170,6 +184,16 @@ def build_meter_readings(points: list[MeteringPoint], registers: dict[int, list[
     for rt in used_types.values():
         _reading_type(b, root, rt)
     return root
+
+
+_NOT_VALID = ~int(Quality.VALID)
+
+
+@functools.cache
+def _quality_flags() -> tuple[tuple[int, str], ...]:
+    """(quality bit, ReadingQualityType code) of every flag that has a code, in flag order."""
+    rq_codes = codes.quality_codes()
+    return tuple((int(flag), rq_codes[name]) for flag, name in FLAG_NAMES.items() if name in rq_codes)
 
 
 def _first_register_type(types: list[codes.ReadingTypeRow], obis: str) -> codes.ReadingTypeRow | None:
