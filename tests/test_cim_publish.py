@@ -204,3 +204,53 @@ async def test_subscribers_get_only_the_nouns_they_asked_for(env):
     await hub.collection.collect(1, START)
     assert await publisher_of(hub).deliver_once() == 2
     assert sub.nouns() == ["MeterReadings", "MeterReadings"]
+
+
+async def received_alerts(sub: Subscriber, count: int) -> list[str]:
+    for _ in range(100):
+        if len(sub.received) >= count:
+            break
+        await asyncio.sleep(0.05)
+    return [e.text for r in sub.received for e in r.iterfind(f".//{{{EDE}}}EndDeviceEvent/{{{EDE}}}mRID")]
+
+
+async def test_an_alert_stored_just_before_a_crash_is_published_at_the_next_start(env, aiohttp_client):
+    hub, app, sub, lds = env
+    hub.settings.cim.publish_interval_s = 0.05
+    hub.alerts.listeners.clear()  # the process dies right after the alert's commit: no listener runs
+    (lost,) = await hub.run(hub.alerts.raise_alerts, [alert(lds[0])])
+    assert hub.outbox.stats(CHANNEL) == {} and [a.id for a in hub.alerts.unqueued()] == [lost]
+    await aiohttp_client(app)  # the restarted hub sweeps before it serves
+    assert await received_alerts(sub, 1) == [f"alert-{lost}"]
+    assert hub.alerts.unqueued() == []
+
+
+async def test_a_crash_while_queueing_leaves_the_alert_to_the_sweep_and_nothing_half_done(env, aiohttp_client):
+    hub, app, sub, lds = env
+    hub.settings.cim.publish_interval_s = 0.05
+    publisher = publisher_of(hub)
+    build = publisher._alert_events
+
+    def dies(records):
+        build(records)  # the messages are built, then the process stops before the commit
+        raise RuntimeError("killed")
+
+    publisher._alert_events = dies
+    (lost,) = await hub.run(hub.alerts.raise_alerts, [alert(lds[0])])
+    assert hub.outbox.stats(CHANNEL) == {}  # rolled back together with the alert's mark
+    assert [a.id for a in hub.alerts.unqueued()] == [lost]
+    publisher._alert_events = build
+    await aiohttp_client(app)
+    assert await received_alerts(sub, 1) == [f"alert-{lost}"]
+
+
+async def test_alerts_already_queued_are_never_queued_again(env):
+    hub, _, _, lds = env
+    publisher = publisher_of(hub)
+    seen: list = []
+    hub.alerts.listeners.append(seen.extend)
+    await hub.run(hub.alerts.raise_alerts, [alert(lds[0]), alert(lds[1])])
+    assert hub.outbox.stats(CHANNEL)["erp"]["queued"] == 1
+    assert await hub.run(publisher.sweep) == 0
+    assert hub.alerts.queue_events(seen, CHANNEL, publisher._alert_events) == 0  # a second claim of the same
+    assert hub.outbox.stats(CHANNEL)["erp"]["queued"] == 1

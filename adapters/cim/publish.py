@@ -4,7 +4,9 @@ after each scheduled collection cycle, POSTed as plain-XML EventMessages to the 
 
 Each event is built here and stored in the hub's message outbox (``channel`` ``cim``) for every
 subscriber before any attempt to send, from the core's hooks (:attr:`AlertService.listeners`,
-:attr:`RunStore.listeners`). A loop offers the due messages of each subscriber in order: a
+:attr:`RunStore.listeners`). Alerts are marked queued in the same transaction as their events'
+outbox rows; at start the publisher sweeps alerts never marked (stored just before a crash) and
+queues their events then. A loop offers the due messages of each subscriber in order: a
 ``ResponseMessage`` with Result ``OK`` or ``PARTIAL`` acknowledges (the message leaves the queue);
 no answer, an HTTP error, or an answer that is not a ResponseMessage is retried with exponential
 back-off; Result ``FAILED`` or an HTTP 4xx other than 408/429 rejects it for good (kept, with the
@@ -41,6 +43,8 @@ log = logging.getLogger("mdmhub.cim.publish")
 CHANNEL = "cim"
 MSG_NS = "http://iec.ch/TC57/2011/schema/message"
 SLOT = timedelta(minutes=30)
+SWEEP_BATCH = 500
+"""Unqueued alerts taken per transaction by the start-up sweep."""
 
 
 def serialize(element: etree._Element) -> str:
@@ -57,26 +61,43 @@ class Publisher:
     def subscribers(self, noun: str) -> list[CimSubscriber]:
         return [s for s in self.settings.subscribers if noun in s.nouns]
 
-    def _queue(self, noun: str, elements: list[etree._Element], parts: int = 1) -> int:
-        subs = self.subscribers(noun)
-        if not subs:
-            return 0
+    def _items(self, noun: str, elements: list[etree._Element], parts: int = 1) -> list[tuple[str, str, str]]:
+        """(subscriber, topic, body) of every subscriber's copy of the EventMessages."""
         items: list[tuple[str, str, str]] = []
+        subs = self.subscribers(noun)
         for n, element in enumerate(elements, start=1):
             props = [("MessageIndex", f"{n}/{parts}")] if parts > 1 else []
             for sub in subs:  # one MessageID per copy: each subscriber acknowledges its own
                 msg = event(noun, [element], source=self.settings.source, properties=props)
                 items.append((sub.name, noun, serialize(build_element(msg))))
-        return self.hub.outbox.enqueue(CHANNEL, items)
+        return items
+
+    def _queue(self, noun: str, elements: list[etree._Element], parts: int = 1) -> int:
+        if not self.subscribers(noun):
+            return 0
+        return self.hub.outbox.enqueue(CHANNEL, self._items(noun, elements, parts))
+
+    def _alert_events(self, records: Sequence[AlertRecord]) -> list[tuple[str, str, str]]:
+        if not self.subscribers("EndDeviceEvents"):
+            return []
+        alerts = [{"id": r.id, "raised_at": r.raised_at, "source": r.source, "severity": r.severity, "code": r.code,
+                   "message": r.message, "ld_id": r.ld_id, "details": r.details} for r in records]
+        return self._items("EndDeviceEvents", [build_events(alerts)])
 
     # hooks (called from worker threads, after the core stored what they publish) ---------------
 
     def on_alerts(self, records: Sequence[AlertRecord]) -> None:
-        if not records or not self.subscribers("EndDeviceEvents"):
-            return
-        alerts = [{"id": r.id, "raised_at": r.raised_at, "source": r.source, "severity": r.severity, "code": r.code,
-                   "message": r.message, "ld_id": r.ld_id, "details": r.details} for r in records]
-        self._queue("EndDeviceEvents", [build_events(alerts)])
+        """Queue the batch's ``created EndDeviceEvents``; the alerts are marked queued in the same
+        transaction (also with no subscriber, so a later one is not sent the history)."""
+        self.hub.alerts.queue_events(records, CHANNEL, self._alert_events)
+
+    def sweep(self) -> int:
+        """Queue the events of alerts stored but never queued: the hub stopped between storing
+        them and queueing their events, or another process (the CLI) stored them. Returns how many."""
+        total = 0
+        while batch := self.hub.alerts.unqueued(SWEEP_BATCH):
+            total += self.hub.alerts.queue_events(batch, CHANNEL, self._alert_events)
+        return total
 
     def on_run(self, run: dict[str, Any]) -> None:
         """After a scheduled cycle: the register values at its slot and the increment ending there,
@@ -176,6 +197,12 @@ def install(app: web.Application, hub: Hub) -> Publisher:
             await asyncio.sleep(hub.settings.cim.publish_interval_s)
 
     async def runner(_: web.Application) -> AsyncIterator[None]:
+        try:
+            swept = await hub.run(publisher.sweep)
+            if swept:
+                log.info("events of alerts left unqueued are queued", extra={"alerts": swept})
+        except Exception:  # noqa: BLE001 - the alerts stay marked unqueued for the next start
+            log.warning("sweep of unqueued alert events failed", exc_info=True)
         task = asyncio.create_task(loop()) if hub.settings.cim.subscribers else None
         yield
         if task is not None:

@@ -32,6 +32,8 @@ class Alert(SQLModel, table=True):
     """A fault or security alert raised by the hub or forwarded from another part."""
 
     __tablename__ = "alert"
+    __table_args__ = (Index("ix_alert_events_unqueued", "id", sqlite_where=text("events_queued_at IS NULL"),
+                            postgresql_where=text("events_queued_at IS NULL")),)
     id: int | None = Field(default=None, primary_key=True)
     raised_at: datetime = Field(sa_type=UTCDateTime, index=True)
     source: str = Field(max_length=64)
@@ -42,6 +44,9 @@ class Alert(SQLModel, table=True):
     he_id: int | None = None
     details: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     nms_sent_at: datetime | None = ts_field()
+    events_queued_at: datetime | None = ts_field()
+    """When the alert's outbound events (61968-9 ``created EndDeviceEvents``) were queued, in the
+    same transaction as the outbox rows; NULL until then, so a start finds what a crash left."""
 
 
 class UsageHistory(SQLModel, table=True):

@@ -23,6 +23,7 @@ from hub.db import Database, utcnow
 from hub.model import Alert, LogicalDevice, LogicalDeviceType, ParameterGroupItem
 from hub.services.diagnosis import AlertDraft, ItemRange, Ranges
 from hub.services.errors import NotFound
+from hub.services.message_outbox import queue_rows
 
 log = logging.getLogger("mdmhub.alerts")
 _CHUNK = 500
@@ -107,6 +108,37 @@ class AlertService:
                 log.warning("alert listener failed", exc_info=True, extra={"alerts": len(records)})
         self._notify(records)
         return ids
+
+    def queue_events(self, records: Sequence[AlertRecord], channel: str,
+                     build: Callable[[Sequence[AlertRecord]], list[tuple[str, str, str]]]) -> int:
+        """Claim those of ``records`` whose outbound events are not queued yet and queue the
+        ``(subscriber, topic, body)`` messages ``build`` makes of them (none is fine), in one
+        transaction: an alert is marked queued exactly when its events are in the outbox, and
+        two callers never queue the same alert. Returns how many alerts were claimed."""
+        if not records:
+            return 0
+        now = utcnow()
+        ids = [r.id for r in records]
+        claimed: set[int] = set()
+        with self.db.session() as s:
+            for start in range(0, len(ids), _CHUNK):
+                claimed.update(s.scalars(
+                    update(Alert).where(Alert.id.in_(ids[start:start + _CHUNK]), Alert.events_queued_at.is_(None))
+                    .values(events_queued_at=now).returning(Alert.id)
+                    .execution_options(synchronize_session=False)))
+            mine = [r for r in records if r.id in claimed]
+            if mine:
+                queue_rows(s, channel, build(mine), now)
+        return len(mine)
+
+    def unqueued(self, limit: int = 500) -> list[AlertRecord]:
+        """Alerts whose outbound events were never queued (the hub stopped between storing an alert
+        and queueing its events, or the alert was stored by a process that publishes nothing),
+        oldest first."""
+        with self.db.session() as s:
+            alerts = s.scalars(select(Alert).where(Alert.events_queued_at.is_(None)).order_by(Alert.id)
+                               .limit(limit)).all()
+            return [_record(a) for a in alerts]
 
     def forward(self, data: ExternalAlertIn) -> dict[str, Any]:
         """Store and forward an alert another part reported; returns it as stored."""

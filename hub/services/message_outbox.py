@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from hub.db import Database, utcnow
 from hub.model import MessageOutbox
@@ -30,6 +31,16 @@ class Outgoing:
     attempts: int
 
 
+def queue_rows(s: Session, channel: str, items: Iterable[tuple[str, str, str]], now: datetime) -> int:
+    """Queue ``(subscriber, topic, body)`` messages in the caller's transaction (so a service can
+    queue messages about what it stores in the same commit); returns how many."""
+    rows = [{"channel": channel, "subscriber": sub, "topic": topic, "body": body, "state": "queued",
+             "attempts": 0, "next_attempt_at": now, "queued_at": now} for sub, topic, body in items]
+    if rows:
+        s.execute(insert(MessageOutbox), rows)
+    return len(rows)
+
+
 class MessageOutboxService:
     def __init__(self, db: Database, clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
@@ -37,13 +48,11 @@ class MessageOutboxService:
 
     def enqueue(self, channel: str, items: Iterable[tuple[str, str, str]]) -> int:
         """Queue ``(subscriber, topic, body)`` messages of ``channel`` (one insert); returns how many."""
-        now = self.clock()
-        rows = [{"channel": channel, "subscriber": sub, "topic": topic, "body": body, "state": "queued",
-                 "attempts": 0, "next_attempt_at": now, "queued_at": now} for sub, topic, body in items]
-        if rows:
+        items = list(items)
+        if items:
             with self.db.session() as s:
-                s.execute(insert(MessageOutbox), rows)
-        return len(rows)
+                queue_rows(s, channel, items, self.clock())
+        return len(items)
 
     def due(self, channel: str, subscriber: str, limit: int) -> list[Outgoing]:
         """The oldest queued messages of ``subscriber`` whose next attempt is due."""
