@@ -89,11 +89,13 @@ def guarded(edge: str, scope: str | None = None) -> Callable[[Handler], Handler]
     def wrap(handler: Handler) -> Handler:
         async def guarded_handler(request: web.Request) -> web.StreamResponse:
             from adapters.rest.common import hub_of
+            from adapters.rest.text_guard import refuse_nul_request
 
             hub = hub_of(request)
             caller: Caller | None = None
             status, detail = 500, None
             try:
+                refuse_nul_request(request)
                 caller = await resolve_caller(request, hub)
                 if scope is not None:
                     caller.require(scope)
@@ -112,6 +114,7 @@ def guarded(edge: str, scope: str | None = None) -> Callable[[Handler], Handler]
             finally:
                 await record_access(request, hub, caller, edge, status, detail)
 
+        setattr(guarded_handler, "checks_request_text", True)  # adapters.rest.text_guard.CHECKS_TEXT
         guarded_handler.__name__ = handler.__name__
         guarded_handler.__doc__ = handler.__doc__
         return guarded_handler

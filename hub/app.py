@@ -74,8 +74,9 @@ def create_app(hub: Hub) -> web.Application:
     from adapters.rest.openapi import XmlEndpoint
     from adapters.rest.problems import problem_middleware
     from adapters.rest.routing import ApiRoutes
+    from adapters.rest.text_guard import refuse_nul
 
-    app = web.Application(middlewares=[access_log, problem_middleware],
+    app = web.Application(middlewares=[access_log, problem_middleware, refuse_nul],
                           client_max_size=hub.settings.http.max_body_bytes)
     app[HUB_APP_KEY] = hub
     shell = ApiRoutes()

@@ -19,6 +19,7 @@ from lxml import etree
 from adapters import xmlsafe
 from pydantic import ValidationError
 from spyne import Application, Array, ComplexModel, Date, DateTime, Double, Fault, Integer, ServiceBase, Unicode, rpc
+from spyne.const import http
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
@@ -256,9 +257,25 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
+_CLIENT_FAULT_STATUS = {"Client.Unauthenticated": http.HTTP_401, "Client.Forbidden": http.HTTP_403,
+                        "Client.NotFound": http.HTTP_404, "Client.RateLimited": http.HTTP_429}
+
+
+class _Soap11(Soap11):
+    """SOAP 1.1 whose ``Client`` faults (schema violations, invalid input, refusals) carry a 4xx status
+    like the edge's own refusals before spyne runs, instead of spyne's 500 for every fault: the access
+    log and the caller's HTTP stack then tell a bad request from a failure of the hub."""
+
+    def fault_to_http_response_code(self, fault: Any) -> str:
+        code = getattr(fault, "faultcode", "") or ""
+        if code == "Client" or code.startswith("Client."):
+            return _CLIENT_FAULT_STATUS.get(code, http.HTTP_400)
+        return http.HTTP_500
+
+
 def make_wsgi() -> WsgiApplication:
     app = Application([PublicData], tns=TNS, name="PublicDataService",
-                      in_protocol=Soap11(validator="lxml"), out_protocol=Soap11())
+                      in_protocol=Soap11(validator="lxml"), out_protocol=_Soap11())
     return WsgiApplication(app)
 
 

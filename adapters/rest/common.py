@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.rest.problems import BadRequest, field_errors
+from adapters.rest.text_guard import refuse_nul_body
 from hub.runtime import Hub
 
 M = TypeVar("M", bound=BaseModel)
@@ -41,9 +42,10 @@ async def read_json(request: web.Request) -> Any:
         raise BadRequest(415, "unsupported-media-type", "Unsupported media type",
                          f"expected application/json, got {request.content_type or 'nothing'}")
     try:
-        return json.loads(await request.read())
+        data = json.loads(await request.read())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(400, "malformed-json", "Malformed JSON", str(exc)) from None
+    return refuse_nul_body(data)
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:

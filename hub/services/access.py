@@ -383,11 +383,13 @@ class AccessService:
     def record(self, caller: Caller | None, edge: str, method: str, resource: str, result: int,
                detail: str | None = None, remote: str | None = None, principal: str | None = None) -> None:
         """One access-log row. ``principal`` names an unauthenticated caller's claim (never a secret)."""
+        who = caller.principal if caller else principal
         with self.db.session() as s:
             s.add(AccessLog(at=self.clock(), principal_kind=caller.kind if caller else "anonymous",
-                            principal=(caller.principal if caller else principal),
-                            edge=edge, method=method[:16], resource=resource[:512], result=result,
-                            detail=(detail or None) and detail[:512], remote=(remote or "")[:64] or None))
+                            principal=_text(who) if who else None, edge=edge, method=_text(method)[:16],
+                            resource=_text(resource)[:512], result=result,
+                            detail=_text(detail)[:512] if detail else None,
+                            remote=_text(remote)[:64] if remote else None))
 
     def log_rows(self, q: AccessLogQuery, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
         conds = self._log_conds(q)
@@ -435,6 +437,12 @@ def _csv_line(values: list[Any]) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\r\n").writerow(["" if v is None else v for v in values])
     return buf.getvalue()
+
+
+def _text(value: str) -> str:
+    """A claimed or requested string as the log can hold it: a NUL (which PostgreSQL text cannot
+    store, and which a refused request may well carry) is written as ``\\x00``."""
+    return value.replace("\x00", "\\x00")
 
 
 def _allowed(remote: str | None, networks: list[str]) -> bool:
