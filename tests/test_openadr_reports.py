@@ -13,10 +13,11 @@ import pytest
 from aiohttp import web
 from openleadr.messaging import parse_message
 
-from adapters.openadr.reports import REDUCTION_RID, USAGE_RID
+from adapters.openadr.reports import REDUCTION_RID, STATUS_RID, USAGE_RID
 from adapters.openadr.translate import load_mapping
 from adapters.openadr.ven import HubVen, VtnConfig
 from hub.model import UsageHistory
+from hub.services.adr_policies import PolicyPatch
 from tests.test_openadr_ven import VTN_ID, Vtn, actions, adr_hub, settled, until  # noqa: F401 - fixtures
 
 _today = datetime.now(UTC).replace(hour=10, minute=0, second=0, microsecond=0)
@@ -52,15 +53,28 @@ def usage_rows(hub: Any) -> None:
 
 
 class ReportingVtn(Vtn):
-    """The test VTN, also asking for every offered TELEMETRY_USAGE data point every second."""
+    """The test VTN, also asking for every offered data point every second. openleadr's VTN hands
+    report values to its callbacks as floats only, so resource status payloads are kept apart."""
 
     def __init__(self) -> None:
         super().__init__()
         self.offered: list[tuple[str, str]] = []
         self.received: dict[str, list[tuple[datetime, float]]] = {}
         self.updates: list[dict[str, Any]] = []  # every oadrReport of every oadrUpdateReport, as parsed
+        self.statuses: list[tuple[datetime, dict[str, Any]]] = []
         self.server.add_handler("on_register_report", self.on_register_report)
         self.server.app.middlewares.append(self.keep_updates)
+        reports = self.server.services["report_service"]
+        self.float_updates = reports.handlers["oadrUpdateReport"]
+        reports.handlers["oadrUpdateReport"] = self.on_update_report
+
+    async def on_update_report(self, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        statuses = [(i["dtstart"], i["report_payload"]["payload_resource_status"]) for r in payload["reports"]
+                    for i in r.get("intervals") or [] if "payload_resource_status" in i["report_payload"]]
+        if statuses:
+            self.statuses.extend(statuses)
+            return "oadrUpdatedReport", {}
+        return await self.float_updates(payload)
 
     @web.middleware
     async def keep_updates(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -99,8 +113,9 @@ async def rven(adr_hub, rvtn) -> AsyncIterator[HubVen]:  # noqa: F811
 
 async def test_the_vtn_receives_usage_and_the_achieved_reduction_of_an_event(adr_hub, rvtn, rven, clock):  # noqa: F811
     usage_rows(adr_hub)
-    assert await until(lambda: len(rvtn.offered) == 2)
-    assert sorted(rvtn.offered) == [("achieved-reduction", "RealEnergy"), ("participating-lds", "RealEnergy")]
+    assert await until(lambda: len(rvtn.offered) == 3)
+    assert sorted(rvtn.offered) == [("achieved-reduction", "RealEnergy"), ("participating-lds", "RealEnergy"),
+                                    ("participating-lds", "Status")]
     rvtn.publish(rvtn.event("EV-R", EVENT_START, minutes=60))
     assert await until(lambda: rvtn.answers) == [("EV-R", "optIn")]
     await settled(adr_hub)
@@ -117,8 +132,8 @@ async def test_the_vtn_receives_usage_and_the_achieved_reduction_of_an_event(adr
         EVENT_START, timedelta(minutes=60), REDUCTION_RID)
     assert interval["report_payload"]["value"] == pytest.approx(1.4)
     assert named["report_name"] == "TELEMETRY_USAGE"
-    assert all(i["report_payload"]["r_id"] == USAGE_RID for r in rvtn.updates if r["report_id"] != "EV-R"
-               for i in r.get("intervals") or [])
+    assert all(i["report_payload"]["r_id"] == USAGE_RID for r in rvtn.updates
+               if r["report_id"] != "EV-R" and r["report_name"] == "TELEMETRY_USAGE" for i in r.get("intervals") or [])
     # usage of the last complete slot (10:30-11:00) over the LDs with an active policy: 2 x 0.7
     await until(lambda: rvtn.received.get("participating-lds"), timeout=5)
     at, value = rvtn.received["participating-lds"][-1]
@@ -130,6 +145,28 @@ async def test_the_vtn_receives_usage_and_the_achieved_reduction_of_an_event(adr
     figures = adr_hub.adr.reports.reductions_ended(None, clock.now)
     assert [(f["event_id"], f["lds"], f["slots_used"], f["baseline_kwh"], f["actual_kwh"]) for f in figures] == [
         ("EV-R", 2, 4, pytest.approx(4.0), pytest.approx(2.6))]
+
+
+async def test_the_vtn_receives_the_resource_status_of_the_participating_meters(adr_hub, rvtn, rven, clock):  # noqa: F811
+    """LD-1 and LD-2 (30 A contracts) have policies; LD-2's customer opted out of EV-R. While EV-R runs:
+    online (readings in the last hour), manually overridden, capacity 20 A (LD-1 cut) + 30 A of 60 A."""
+    usage_rows(adr_hub)
+    [p2] = adr_hub.adr.policies.list(ld_id="LD-000002")["items"]
+    adr_hub.adr.policies.update(p2["id"], PolicyPatch(opt_out_event_id="EV-R"))
+    rvtn.publish(rvtn.event("EV-R", EVENT_START, minutes=60))
+    assert await until(lambda: rvtn.answers) == [("EV-R", "optIn")]
+    await settled(adr_hub)
+    before = await until(lambda: rvtn.statuses, timeout=5)
+    assert before[-1][1] == {"online": False, "manual_override": False,   # no reading yet in the last hour
+                             "load_control_state": {"capacity": {"current": 60.0, "normal": 60.0}}}
+    clock.now = EVENT_START + timedelta(minutes=31)
+    n = len(rvtn.statuses)
+    await until(lambda: len(rvtn.statuses) > n + 1, timeout=5)
+    at, status = rvtn.statuses[-1]
+    assert at == clock.now
+    assert status == {"online": True, "manual_override": True,
+                      "load_control_state": {"capacity": {"current": 50.0, "normal": 60.0}}}
+    assert any(i["report_payload"]["r_id"] == STATUS_RID for r in rvtn.updates for i in r.get("intervals") or [])
 
 
 def test_event_days_and_weekends_are_left_out_of_the_baseline(adr_hub, clock):  # noqa: F811

@@ -123,7 +123,9 @@ class SecureVtn(Vtn):
         self.reported: list[tuple[datetime, float]] = []
 
     def on_register_report(self, ven_id: str, resource_id: str, measurement: str, unit: str, scale: str,
-                           min_sampling_interval: timedelta, max_sampling_interval: timedelta) -> tuple[Any, ...]:
+                           min_sampling_interval: timedelta, max_sampling_interval: timedelta) -> tuple[Any, ...] | None:
+        if measurement == "Status":
+            return None  # openleadr's VTN passes report values to callbacks as floats only
         return self.reported.extend, timedelta(seconds=1)
 
     def lookup(self, ven_id: str) -> dict[str, Any] | None:

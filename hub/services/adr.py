@@ -49,6 +49,7 @@ from hub.services.adr_events import DrEvent
 from hub.services.adr_plan import Held, Segment, Want, covering, diff, segments
 from hub.services.adr_policies import PolicyService, evaluate
 from hub.services.adr_reports import AdrReportService
+from hub.services.adr_status import AdrStatusService
 from hub.services.errors import NotFound
 
 log = logging.getLogger("mdmhub.adr")
@@ -133,6 +134,7 @@ class AdrService:
         self.policies = PolicyService(db)
         self.assist = AssistService(db, self.tz)
         self.reports = AdrReportService(db, self.tz)
+        self.status = AdrStatusService(db)
         self.clock: Callable[[], datetime] = utcnow
         self._pending: list[_Job] = []
         self._worker: asyncio.Task[None] | None = None
