@@ -9,11 +9,10 @@ carries a DOCTYPE at all; the caller caps the size before parsing.
 from __future__ import annotations
 
 import functools
-
 import re
 from dataclasses import dataclass, field
-from typing import Any
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, NamedTuple
 from xml.sax.saxutils import escape
 
 from lxml import etree
@@ -67,8 +66,10 @@ class Query:
     callback_control: str | None = None
 
 
-@dataclass
-class Value:
+class Value(NamedTuple):
+    """One value as written: ``time`` the attribute's text (None when absent). A tuple: a WRITE
+    or a FETCH answer holds thousands."""
+
     time: str | None
     text: str
 
@@ -200,8 +201,11 @@ def _query(el: etree._Element) -> Query:
     return q
 
 
+_VALUE_TAG = f"{{{FIAP_NS}}}value"
+
+
 def _point(el: etree._Element) -> Point:
-    return Point(_req(el, "id"), [Value(v.get("time"), v.text or "") for v in _children(el, "value")])
+    return Point(_req(el, "id"), [Value(v.get("time"), v.text or "") for v in el.iterchildren(_VALUE_TAG)])
 
 
 def _point_set(el: etree._Element) -> PointSet:

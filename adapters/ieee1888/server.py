@@ -39,7 +39,7 @@ from adapters.ieee1888.messages import (
 from adapters.ieee1888.trap import TrapManager
 from hub.runtime import Hub
 from hub.services.errors import Conflict, InvalidInput, ServiceError
-from hub.services.fiap_store import Condition, ForbiddenPoints, Sample, UnregisteredPoints
+from hub.services.fiap_store import Condition, ForbiddenPoints, SampleTuple, UnregisteredPoints
 from hub.services.points import Caller
 from hub.services.points import Point as RegisteredPoint
 
@@ -136,14 +136,16 @@ class FiapEndpoint:
         if count > self.settings.max_write_values:
             raise FiapError("TOO_MANY_VALUES", f"{count} values in one WRITE; at most "
                                                f"{self.settings.max_write_values}")
-        samples = []
-        for p in points:
-            for v in p.values:
-                try:
-                    when = parse_time(v.time) if v.time is not None else None
-                except ValueError as exc:
-                    raise FiapError("INVALID_REQUEST", f"{p.id}: {exc}") from None
-                samples.append(Sample(p.id, when, v.text))
+        samples: list[SampleTuple] = []
+        add = samples.append
+        pid = ""
+        try:
+            for p in points:
+                pid = p.id
+                for when, text in p.values:
+                    add((pid, parse_time(when) if when is not None else None, text))
+        except ValueError as exc:
+            raise FiapError("INVALID_REQUEST", f"{pid}: {exc}") from None
         known = [p.id for p in points if not p.values]
         if known:  # a point with no value still has to be a registered one
             resolved = await self.hub.run(self.hub.fiap.points.resolve, known)

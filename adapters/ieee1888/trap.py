@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,24 +117,25 @@ class TrapManager:
 
     # events -----------------------------------------------------------------------------------
 
-    def notify(self, samples: Iterable[Any]) -> None:
-        """Hand new values (objects with point_id, time, value) to the subscriptions watching them."""
+    def notify(self, samples: Iterable[Sequence[Any]]) -> None:
+        """Hand new values to the subscriptions watching them: tuples that start with point,
+        time, value (a :class:`Sample`, or a stored row of the WRITE's report)."""
         now = time.monotonic()
         self._expire(now)
         if not self.subs:
             return
-        newest: dict[str, Any] = {}
+        newest: dict[str, Sequence[Any]] = {}
         for s in samples:
-            cur = newest.get(s.point_id)
-            if cur is None or s.time > cur.time:
-                newest[s.point_id] = s
+            cur = newest.get(s[0])
+            if cur is None or s[1] > cur[1]:
+                newest[s[0]] = s
         for sub in self.subs.values():
             changed: list[Point] = []
             for pid, attr in sub.watched.items():
                 s = newest.get(pid)
                 if s is None:
                     continue
-                t, v = format_time(s.time), s.value
+                t, v = format_time(s[1]), s[2]
                 last = sub.last.get(pid)
                 if last is None or (attr == "time" and last[0] != t) or (attr == "value" and last[1] != v):
                     sub.last[pid] = (t, v)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import math
+from math import isfinite
 import time as _time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -73,12 +73,16 @@ class ForbiddenPoints(ServiceError):
 
 
 class Sample(NamedTuple):
-    """One value of one point; ``time`` None means "now" (aware datetimes otherwise). A tuple:
-    a WRITE makes one per value."""
+    """One value of one point; ``time`` None means "now" (aware datetimes otherwise)."""
 
     point_id: str
     time: datetime | None
     value: str
+
+
+SampleTuple = tuple[str, datetime | None, str]
+"""A :class:`Sample` as a plain tuple (the storage endpoint makes one per value of a WRITE, and a
+named tuple costs several times as much to make)."""
 
 
 @dataclass
@@ -88,7 +92,8 @@ class WriteReport:
     duplicates: int = 0
     forwarded: int = 0
     canonical: dict[str, Any] = field(default_factory=dict)
-    new: list[Sample] = field(default_factory=list)
+    new: list[Row] = field(default_factory=list)
+    """The values stored: (point, time, value, number), the first three as in a :class:`Sample`."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"received": self.received, "stored": self.stored, "duplicates": self.duplicates,
@@ -117,9 +122,11 @@ class FiapStore:
 
     # WRITE -----------------------------------------------------------------------------------
 
-    def write(self, samples: Sequence[Sample], caller: Caller | None = None, source: str = SOURCE) -> WriteReport:
-        """Store ``samples`` all or nothing (see the module rules). ``caller`` None is the hub
-        itself (fetched values), which the writer allow-lists do not restrict.
+    def write(self, samples: Sequence[SampleTuple], caller: Caller | None = None,
+              source: str = SOURCE) -> WriteReport:
+        """Store ``samples`` all or nothing (see the module rules): :class:`Sample` or plain
+        (point, time, value) tuples. ``caller`` None is the hub itself (fetched values), which
+        the writer allow-lists do not restrict.
 
         One transaction: the points are resolved, the values inserted where no value is stored
         (the insert itself finds the duplicates, :mod:`hub.services.fiap_values`), the skipped
@@ -128,7 +135,7 @@ class FiapStore:
         report = WriteReport(received=len(samples))
         if not samples:
             return report
-        ids = list(dict.fromkeys(s.point_id for s in samples))
+        ids = list(dict.fromkeys(s[0] for s in samples))
         now = self.clock()
         try:
             with self.db.session() as s:
@@ -140,8 +147,8 @@ class FiapStore:
                 writer, forbidden = self.points.writers.forbidden(caller, ids)
                 if forbidden:
                     raise ForbiddenPoints(writer, forbidden)
-                rows = self._rows(samples, points, source[:64], now)
-                new = self._insert(conn, rows)
+                rows = self._rows(samples, points, now)
+                new = self._insert(conn, rows, source[:64], now)
                 report.forwarded = self._enqueue(conn, new, now)
         except UnregisteredPoints as exc:
             self._alert_unregistered(exc.point_ids, caller, len(samples))
@@ -149,11 +156,12 @@ class FiapStore:
         report.stored = len(new)
         report.duplicates = len(rows) - len(new)
         if new:
-            report.new = [Sample(r[0], r[1], r[2]) for r in new]
+            report.new = new
             report.canonical = self._to_readings(new, points)
         return report
 
-    def _rows(self, samples: Sequence[Sample], points: dict[str, Point], source: str, now: datetime) -> list[Row]:
+    @staticmethod
+    def _rows(samples: Sequence[SampleTuple], points: dict[str, Point], now: datetime) -> list[Row]:
         """Validated rows, one per (point, time), sorted by point and time (the insert's lock order)."""
         zone = now.tzinfo
         numeric = {p: pt.numeric for p, pt in points.items()}
@@ -168,7 +176,12 @@ class FiapStore:
                     t = t.astimezone(zone)
             if len(value) > VALUE_MAX:
                 raise InvalidInput.on("value", f"{pid}: value longer than {VALUE_MAX} characters")
-            number = _number(value)
+            try:  # the number when the value is a finite one (float() skips surrounding spaces)
+                number: float | None = float(value)
+                if not isfinite(number):  # type: ignore[arg-type]
+                    number = None
+            except ValueError:
+                number = None
             if number is None and numeric[pid]:
                 raise InvalidInput.on("value", f"{pid}: {value[:40]!r} is not a number "
                                                f"({points[pid].kind} values are numbers)")
@@ -176,22 +189,22 @@ class FiapStore:
             seen = out.get(key)
             if seen is not None and seen[2] != value:
                 raise Conflict.on("value", f"{pid} has two different values at {t.isoformat()} in one WRITE")
-            out[key] = (pid, t, value, number, source, now)
+            out[key] = (pid, t, value, number)
         return sorted(out.values())
 
     @staticmethod
-    def _insert(conn: Connection, rows: list[Row]) -> list[Row]:
+    def _insert(conn: Connection, rows: list[Row], source: str, now: datetime) -> list[Row]:
         """Insert ``rows`` where nothing is stored; the rows inserted. A row whose key holds a
         different value refuses the WRITE (Conflict; the caller's transaction rolls back)."""
-        inserted, stored = ValueInserter(conn).insert_new(rows)
+        inserted, stored = ValueInserter(conn).insert_new(rows, source, now)
         clashes = [(rows[i], v) for i, v in stored.items() if v != rows[i][2]]
         if clashes:
-            (pid, t, sent, *_), first = clashes[0]
+            (pid, t, sent, _), first = clashes[0]
             raise Conflict.on("value", f"{len(clashes)} value(s) differ from the stored value for the same point "
                                        f"and time, e.g. {pid} at {t.isoformat()}: stored {first!r}, sent {sent!r}")
         if len(stored) + len(inserted) != len(rows):  # a skipped key with no row: deleted meanwhile
             raise ServiceError("values were removed while this WRITE was stored; send it again")
-        return [rows[i] for i in inserted]
+        return rows if len(inserted) == len(rows) else [rows[i] for i in inserted]
 
     def _enqueue(self, conn: Connection, new: list[Row], now: datetime) -> int:
         """Queue the new values of forwarded points for their upstreams (same transaction)."""
@@ -208,7 +221,7 @@ class FiapStore:
                     if pt.ld_id is not None and pt.sub_number is not None}
         if not channels:
             return {}
-        reads = [RegisterRead(*channels[p], t, n) for p, t, _, n, *_ in new
+        reads = [RegisterRead(*channels[p], t, n) for p, t, _, n in new
                  if p in channels and n is not None and t.timestamp() % SLOT_SECONDS == 0]
         if not reads:
             return {}
@@ -292,11 +305,3 @@ class FiapStore:
 def _compare(col: Any, c: Condition) -> Any:
     b = c.bound
     return {"eq": col == b, "neq": col != b, "lt": col < b, "gt": col > b, "lteq": col <= b, "gteq": col >= b}[c.op]
-
-
-def _number(value: str) -> float | None:
-    try:
-        n = float(value.strip())
-    except ValueError:
-        return None
-    return n if math.isfinite(n) else None

@@ -26,51 +26,65 @@ from hub.model import FiapValue
 from hub.services.usage_writer import _Binder
 
 VALUES: Any = FiapValue.__table__  # type: ignore[attr-defined]
-COLUMNS = ("point_id", "time", "value", "number", "source", "received_at")
-Row = tuple[str, datetime, str, float | None, str, datetime]
-_SQLITE_ROWS = 2000
-"""Rows per SQLite statement: six parameters a row, under SQLite's 32,766 parameters a statement."""
+ROW_COLUMNS = ("point_id", "time", "value", "number")
+Row = tuple[str, datetime, str, float | None]
+"""One value to store: point, time, value as written, its number (None when not numeric)."""
+_SQLITE_ROWS = 5000
+"""Rows per SQLite statement: four parameters a row, under SQLite's 32,766 parameters a statement."""
 _PG_ROWS = 5000
 _READ_BACK = 400
 
 
 class ValueInserter(_Binder):
     """Plain tuples in, through the readings path's binder (timestamps converted once per distinct
-    value; one statement over ``unnest`` arrays on PostgreSQL, multi-row VALUES on SQLite)."""
+    value; one statement over ``unnest`` arrays on PostgreSQL, one multi-row VALUES on SQLite).
+    ``source`` and ``received_at`` are the WRITE's own, bound once per statement."""
 
     def __init__(self, conn: Connection) -> None:
         super().__init__(conn, VALUES)
 
-    def insert_new(self, rows: Sequence[Row]) -> tuple[list[int], dict[int, str]]:
+    def insert_new(self, rows: Sequence[Row], source: str,
+                   received_at: datetime) -> tuple[list[int], dict[int, str]]:
         """Insert ``rows`` (sorted by point and time) where no value is stored yet.
 
         Returns (indexes of the rows inserted, {index of a row not inserted: the value stored for
         its key}). The connection's transaction must stay open until the caller has judged the
         stored values: committing makes the inserts final, rolling back undoes them."""
-        params = self._params(COLUMNS, rows)
-        index = {(p[0], p[1]): i for i, p in enumerate(params)}
+        to_time = self._convert("time") or _same
+        params = [(p, to_time(t), v, n) for p, t, v, n in rows]
+        received = (self._convert("received_at") or _same)(received_at)
         returned: list[tuple[Any, Any]] = []
         step = _PG_ROWS if self.pg else _SQLITE_ROWS
         for lo in range(0, len(params), step):
-            returned += self._insert_returning(params[lo:lo + step])
+            returned += self._insert_returning(params[lo:lo + step], source, received)
+        if len(returned) == len(rows):
+            return list(range(len(rows))), {}
+        index = {(p[0], p[1]): i for i, p in enumerate(params)}
         inserted = sorted(index[key] for key in returned)
-        if len(inserted) == len(rows):
-            return inserted, {}
         skipped = sorted(set(range(len(rows))).difference(inserted))
         return inserted, self._stored_values(rows, skipped)
 
-    def _insert_returning(self, params: list[tuple[Any, ...]]) -> list[tuple[Any, Any]]:
-        names = ", ".join(COLUMNS)
+    def _insert_returning(self, params: list[tuple[Any, ...]], source: str,
+                          received: Any) -> list[tuple[Any, Any]]:
+        into = f"INSERT INTO {self.table.name} ({', '.join(ROW_COLUMNS)}, source, received_at)"
         tail = "ON CONFLICT DO NOTHING RETURNING point_id, time"
-        if self.pg:
-            sql = f"INSERT INTO {self.table.name} ({names}) SELECT {names} FROM {self._unnest(COLUMNS)} {tail}"
-            cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            cursor.execute(sql, tuple(list(col) for col in zip(*params, strict=True)), binary=True)
-            return [(p, t) for p, t in cursor.fetchall()]
-        row = "(" + ", ".join("?" * len(COLUMNS)) + ")"
-        sql = f"INSERT INTO {self.table.name} ({names}) VALUES {', '.join([row] * len(params))} {tail}"
-        flat = tuple(v for p in params for v in p)
-        return [(p, t) for p, t in self.conn.exec_driver_sql(sql, flat).fetchall()]
+        cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        if self.pg:  # one statement over arrays, binary: no per-row round trip, no text quoting
+            names = ", ".join(ROW_COLUMNS)
+            types = self.conn.dialect.type_compiler_instance.process
+            scalars = f"%s::{types(self.table.c.source.type)}, %s::{types(self.table.c.received_at.type)}"
+            sql = f"{into} SELECT {names}, {scalars} FROM {self._unnest(ROW_COLUMNS)} {tail}"
+            cursor.execute(sql, (source, received, *(list(col) for col in zip(*params, strict=True))),
+                           binary=True)
+        else:  # one multi-row statement (executemany cannot return rows); ?1 and ?2 are the
+            # WRITE's source and time, each plain ? takes the next number after the highest so far
+            rest = ", ".join(["(?, ?, ?, ?, ?1, ?2)"] * (len(params) - 1))
+            sql = f"{into} VALUES (?3, ?4, ?5, ?6, ?1, ?2){', ' if rest else ''}{rest} {tail}"
+            cursor.execute(sql, [source, received, *[v for p in params for v in p]])
+        try:
+            return cursor.fetchall()  # type: ignore[no-any-return]
+        finally:
+            cursor.close()
 
     def _stored_values(self, rows: Sequence[Row], skipped: list[int]) -> dict[int, str]:
         """The values stored at the keys of ``skipped`` rows, read in the inserting transaction."""
@@ -83,3 +97,7 @@ class ValueInserter(_Binder):
             for p, t, v in self.conn.execute(q):
                 out[wanted[(p, t)]] = v
         return out
+
+
+def _same(value: Any) -> Any:
+    return value
