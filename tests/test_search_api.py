@@ -44,11 +44,13 @@ def statements(hub):
     def record(_conn, _cursor, statement, parameters, _context, _many):  # type: ignore[no-untyped-def]
         seen.append((statement, parameters))
 
-    event.listen(hub.db.engine, "before_cursor_execute", record)
+    for engine in hub.db.engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        event.remove(hub.db.engine, "before_cursor_execute", record)
+        for engine in hub.db.engines:
+            event.remove(engine, "before_cursor_execute", record)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import (ColumnElement, Connection, FromClause, Select, and_, bindparam, func, literal_column, not_, select,
+from sqlalchemy import (ColumnElement, FromClause, Select, and_, bindparam, func, literal_column, not_, select,
                         true)
 from sqlalchemy.orm import Session
 
@@ -94,7 +94,7 @@ class SearchService:
         shape, params = _shape(f, _LD_SIMPLE, self.db.backend)
         page, count = _ld_statements(shape, self.db.backend, f.exact_total)
         params |= {"limit": limit, "offset": offset, "count_cap": offset + limit + COUNT_AHEAD}
-        with self._reader() as conn:
+        with (self.db.reader() if _KEYED & set(shape) else self.db.engine.connect()) as conn:
             result = conn.execute(page, params)
             keys, rows = list(result.keys()), result.all()
             counted: int | None = None
@@ -107,7 +107,7 @@ class SearchService:
     def logical_device(self, ld_id: str) -> dict[str, Any]:
         """The logical device with this LD_ID (disposed ones too: the LD_ID stays reserved)."""
         page, _ = _ld_statements(("ld_id",), self.db.backend, True)
-        with self._reader() as conn:
+        with self.db.reader() as conn:
             result = conn.execute(page, {"ld_id": ld_id, "limit": 1, "offset": 0})
             keys, row = list(result.keys()), result.first()
         if row is None:
@@ -132,13 +132,6 @@ class SearchService:
     def physical_device(self, key: int) -> dict[str, Any]:
         with self.db.session() as s:
             return physical_device_view(s, key)
-
-    def _reader(self) -> Connection:
-        """A connection for self-contained reads, outside any transaction. PostgreSQL is put in
-        autocommit for it (no BEGIN and COMMIT round trips); SQLite's driver opens no transaction
-        for a SELECT, so it needs nothing (switching it would cost a PRAGMA on every checkin)."""
-        conn = self.db.engine.connect()
-        return conn if self.db.backend == "sqlite" else conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _page(items: list[dict[str, Any]], limit: int, offset: int, exact: bool, counted: int | None,
@@ -193,6 +186,10 @@ _LD_CONDITIONS: dict[str, Condition] = _COMMON | {
     "prefix_from": ("ld", lambda: LD.c.ld_id >= bindparam("prefix_lo")),
     "prefix_like": ("ld", lambda: LD.c.ld_id.like(bindparam("prefix_like"), escape="/")),
 }
+_KEYED = frozenset({"ld_id", "pd_id", "mac", "serial", "co_id"})
+"""Filters that confine a search to one device or one concentrator: its plan is the same index
+walk whatever the value, so it may be planned once (:meth:`Database.reader`). Others may not: a
+generic plan cannot use a LIKE pattern's prefix, and guesses the selectivity of a state or type."""
 _LD_DRIVEN = frozenset({"ld_id", "cluster_id", "prefix_range", "prefix_from", "prefix_like"})
 """Filters that find logical devices through an index of their own: such searches start there."""
 _PD_CONDITIONS: dict[str, Condition] = _COMMON | {
