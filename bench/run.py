@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.adr_fanout import bench_adr
 from bench.billing_export import bench_billing_export
 from bench.cim import bench_cim
 from bench.collection import bench_collection
@@ -24,7 +25,7 @@ from bench.registration import bench_registration, import_devices, prepare_store
 from bench.search import bench_search
 from bench.stores import BACKENDS, fresh_database, postgresql_server
 
-BENCHMARKS = ("registration", "search", "billing", "collection", "ieee1888", "cim")
+BENCHMARKS = ("registration", "search", "billing", "collection", "ieee1888", "cim", "adr")
 FLEET_BENCHMARKS = ("registration", "search", "billing", "collection")
 
 
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{backend}] 61968-9 ingest of {args.devices:,} meters' day and get MeterReadings ...",
                           file=sys.stderr, flush=True)
                     bench_cim(run, backend, url, workdir, meters=args.devices)
+            if "adr" in args.only:  # its own stores: 20 % of the meters with an ADR policy
+                print(f"[{backend}] OpenADR fan-out of one event to {args.devices // 5:,} of {args.devices:,} "
+                      "meters ...", file=sys.stderr, flush=True)
+                bench_adr(run, backend, workdir, lds=args.devices // 5, meters=args.devices)
             if not any(b in FLEET_BENCHMARKS for b in args.only):
                 continue
             with fresh_database(backend, workdir) as url:
