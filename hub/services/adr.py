@@ -18,6 +18,7 @@ stored and answered optOut; a lower modification number is refused (450) and cha
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -25,10 +26,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import false, func, insert, or_, select, update
+from sqlalchemy import String, cast, false, func, insert, or_, select, update
 
 from hub.config import OpenAdrSection
 from hub.db import Database, utcnow
@@ -60,6 +62,7 @@ OPT_IN, OPT_OUT = "optIn", "optOut"
 POLICY_COLUMNS = ("id", "ld_id", "signal_levels", "signal_names", "reduced_amps", "reduction_step_amps",
                   "days_of_week", "hour_from", "hour_to", "min_notice_minutes", "max_events_per_month",
                   "opt_out_event_id")
+JSON_POLICY_COLUMNS = frozenset({"signal_levels", "signal_names", "days_of_week"})
 OUT_OF_SEQUENCE, TARGET_MISMATCH = 450, 462
 UNBOUNDED_AMPS = 10**6
 
@@ -341,14 +344,19 @@ class AdrService:
         """Many targeted policies: decide the answer from the distinct policy shapes (each evaluated
         once over the event's un-randomised window, monthly caps not counted) and leave the per-LD
         matching, planning and insertion to the background worker, after answering."""
-        cols = [getattr(AdrPolicy, c) for c in POLICY_COLUMNS if c not in ("id", "ld_id")]
-        q = select(*cols).where(AdrPolicy.active.is_(True), AdrPolicy.deleted == false())
+        # DISTINCT in the database, list columns compared as their JSON text: only distinct shapes
+        # are decoded (decoding every targeted policy's lists was most of the answer's time)
+        names = [c for c in POLICY_COLUMNS if c not in ("id", "ld_id")]
+        cols = [cast(getattr(AdrPolicy, c), String).label(c) if c in JSON_POLICY_COLUMNS else getattr(AdrPolicy, c)
+                for c in names]
+        q = select(*cols).where(AdrPolicy.active.is_(True), AdrPolicy.deleted == false()).distinct()
         shapes: dict[tuple[Any, ...], Any] = {}
         chunks = [None] if lds is None else list(_chunks(sorted(lds)))
         for chunk in chunks:
             for r in s.execute(q if chunk is None else q.where(AdrPolicy.ld_id.in_(chunk))):
-                key = tuple(tuple(v) if isinstance(v, list) else v for v in r)
-                shapes.setdefault(key, r)
+                if tuple(r) not in shapes:
+                    shapes[tuple(r)] = SimpleNamespace(**{c: json.loads(v) if c in JSON_POLICY_COLUMNS and v else v
+                                                          for c, v in zip(names, r, strict=True)})
         end = ev.end or (ev.dtstart + timedelta(seconds=self.open_ended_s))
         reasons: Counter[str] = Counter()
         matched = False
