@@ -226,6 +226,21 @@ async def test_duplicates_same_value_accepted_once_different_value_refused(stora
     assert [(r.time, r.value) for r in rows] == [(datetime(2014, 11, 9, 1, 53, 35, tzinfo=UTC), "12.5")]
 
 
+async def test_a_write_mixing_stored_and_new_values_stores_the_new_ones_once(storage: tuple[Hub, str]) -> None:
+    hub, _ = storage
+    from hub.services.fiap_store import Sample
+
+    t = [datetime(2026, 1, 1, h, tzinfo=UTC) for h in range(6)]
+    first = await hub.run(hub.fiap.store.write, [Sample(TEMP, t[i], f"{i}.0") for i in (1, 3)])
+    assert (first.stored, first.duplicates) == (2, 0)
+    mixed = await hub.run(hub.fiap.store.write, [Sample(TEMP, t[i], f"{i}.0") for i in range(6)])
+    assert (mixed.stored, mixed.duplicates) == (4, 2)
+    assert sorted(r[1].hour for r in mixed.new) == [0, 2, 4, 5]  # only the new ones go to TRAP and upstreams
+    with hub.db.session() as s:
+        rows = s.scalars(select(FiapValue).order_by(FiapValue.time)).all()
+    assert [(r.time.hour, r.value) for r in rows] == [(i, f"{i}.0") for i in range(6)]
+
+
 async def test_c_gateway_wire_form_with_mode_strings_and_pointsets(storage: tuple[Hub, str]) -> None:
     """Nested pointSets, default namespace, no SOAPAction, trailing CRLFs, a value with markup."""
     hub, url = storage

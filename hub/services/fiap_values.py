@@ -8,7 +8,8 @@ the second insert is then silently ignored and its writer told OK. Here the inse
 stored, and the (point, time) keys it skipped are read back in the same transaction, after the
 conflicting row is committed (PostgreSQL makes a conflicting insert wait for the other transaction;
 SQLite holds its one write lock from the insert on). The caller compares the values and rolls the
-whole WRITE back on a difference.
+whole WRITE back on a difference. On SQLite, where RETURNING costs a third of the insert, the
+common case (nothing stored yet) is tried first without it, under a savepoint, and counted.
 
 Rows are inserted in (point, time) order so that two writers of overlapping keys take their row
 locks in the same order and cannot deadlock on PostgreSQL.
@@ -53,10 +54,13 @@ class ValueInserter(_Binder):
         to_time = self._convert("time") or _same
         params = [(p, to_time(t), v, n) for p, t, v, n in rows]
         received = (self._convert("received_at") or _same)(received_at)
-        returned: list[tuple[Any, Any]] = []
         step = _PG_ROWS if self.pg else _SQLITE_ROWS
-        for lo in range(0, len(params), step):
-            returned += self._insert_returning(params[lo:lo + step], source, received)
+        chunks = [params[lo:lo + step] for lo in range(0, len(params), step)]
+        if not self.pg and self._sqlite_all_new(chunks, source, received):
+            return list(range(len(rows))), {}
+        returned: list[tuple[Any, Any]] = []
+        for chunk in chunks:
+            returned += self._run(chunk, source, received, returning=True)
         if len(returned) == len(rows):
             return list(range(len(rows))), {}
         index = {(p[0], p[1]): i for i, p in enumerate(params)}
@@ -64,27 +68,56 @@ class ValueInserter(_Binder):
         skipped = sorted(set(range(len(rows))).difference(inserted))
         return inserted, self._stored_values(rows, skipped)
 
-    def _insert_returning(self, params: list[tuple[Any, ...]], source: str,
-                          received: Any) -> list[tuple[Any, Any]]:
-        into = f"INSERT INTO {self.table.name} ({', '.join(ROW_COLUMNS)}, source, received_at)"
-        tail = "ON CONFLICT DO NOTHING RETURNING point_id, time"
-        cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        if self.pg:  # one statement over arrays, binary: no per-row round trip, no text quoting
-            names = ", ".join(ROW_COLUMNS)
-            types = self.conn.dialect.type_compiler_instance.process
-            scalars = f"%s::{types(self.table.c.source.type)}, %s::{types(self.table.c.received_at.type)}"
-            sql = f"{into} SELECT {names}, {scalars} FROM {self._unnest(ROW_COLUMNS)} {tail}"
-            cursor.execute(sql, (source, received, *(list(col) for col in zip(*params, strict=True))),
-                           binary=True)
-        else:  # one multi-row statement (executemany cannot return rows); ?1 and ?2 are the
-            # WRITE's source and time, each plain ? takes the next number after the highest so far
-            rest = ", ".join(["(?, ?, ?, ?, ?1, ?2)"] * (len(params) - 1))
-            sql = f"{into} VALUES (?3, ?4, ?5, ?6, ?1, ?2){', ' if rest else ''}{rest} {tail}"
-            cursor.execute(sql, [source, received, *[v for p in params for v in p]])
+    def _sqlite_all_new(self, chunks: list[list[tuple[Any, ...]]], source: str, received: Any) -> bool:
+        """SQLite, the common case first: insert without RETURNING (a third of the insert's time)
+        and count the rows. All inserted: True. Otherwise the inserts are rolled back to a
+        savepoint taken before them and False returned, for the RETURNING pass. SQLite has one
+        writer at a time, from this insert to the commit, so the count cannot be raced."""
+        cursor = self._cursor()
         try:
-            return cursor.fetchall()  # type: ignore[no-any-return]
+            cursor.execute("SAVEPOINT fiap_values")  # COMMIT or ROLLBACK of the WRITE ends it
+            stored = 0
+            for chunk in chunks:
+                cursor.execute(self._sql(len(chunk), returning=False), self._flat(chunk, source, received))
+                stored += cursor.rowcount
+            if stored == sum(len(c) for c in chunks):
+                return True
+            cursor.execute("ROLLBACK TO fiap_values")
+            return False
         finally:
             cursor.close()
+
+    def _run(self, params: list[tuple[Any, ...]], source: str, received: Any,
+             returning: bool) -> list[tuple[Any, Any]]:
+        cursor = self._cursor()
+        try:
+            if self.pg:  # one statement over arrays, binary: no per-row round trip, no text quoting
+                arrays = (list(col) for col in zip(*params, strict=True))
+                cursor.execute(self._sql(len(params), returning), (source, received, *arrays), binary=True)
+            else:
+                cursor.execute(self._sql(len(params), returning), self._flat(params, source, received))
+            return cursor.fetchall() if returning else []  # type: ignore[no-any-return]
+        finally:
+            cursor.close()
+
+    def _cursor(self) -> Any:
+        return self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+    def _sql(self, rows: int, returning: bool) -> str:
+        into = f"INSERT INTO {self.table.name} ({', '.join(ROW_COLUMNS)}, source, received_at)"
+        tail = "ON CONFLICT DO NOTHING" + (" RETURNING point_id, time" if returning else "")
+        if self.pg:
+            types = self.conn.dialect.type_compiler_instance.process
+            scalars = f"%s::{types(self.table.c.source.type)}, %s::{types(self.table.c.received_at.type)}"
+            return f"{into} SELECT {', '.join(ROW_COLUMNS)}, {scalars} FROM {self._unnest(ROW_COLUMNS)} {tail}"
+        # one multi-row statement (executemany cannot return rows): ?1 and ?2 are the WRITE's
+        # source and time; each plain ? takes the next number after the highest so far
+        rest = "".join([", (?, ?, ?, ?, ?1, ?2)"] * (rows - 1))
+        return f"{into} VALUES (?3, ?4, ?5, ?6, ?1, ?2){rest} {tail}"
+
+    @staticmethod
+    def _flat(params: list[tuple[Any, ...]], source: str, received: Any) -> list[Any]:
+        return [source, received, *[v for p in params for v in p]]
 
     def _stored_values(self, rows: Sequence[Row], skipped: list[int]) -> dict[int, str]:
         """The values stored at the keys of ``skipped`` rows, read in the inserting transaction."""
