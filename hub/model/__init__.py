@@ -15,6 +15,7 @@ from hub.model.collection import CollectionLog, CollectionRun
 from hub.model.controls import ControlAction, ControlJob
 from hub.model.fiap import FiapOutbox, FiapPoint, FiapValue
 from hub.model.message_outbox import MessageOutbox
+from hub.model.message_receipts import MessageReceipt
 from hub.model.customers import (
     Cluster,
     CorrectionParameter,
@@ -43,6 +44,6 @@ __all__ = [
     "CollectionRun", "CommsSettings", "ControlAction", "ControlJob",
     "Concentrator", "ConcentratorComms", "ConcentratorType", "CorrectionParameter", "Customer",
     "CustomerLogicalDevice", "DisplayTerminal", "FiapOutbox", "FiapPoint", "FiapValue", "HeadEnd", "LogicalDevice", "LogicalDeviceType",
-    "MessageOutbox", "ParameterGroup", "ParameterGroupItem", "PhysicalDevice", "PhysicalDeviceComms",
+    "MessageOutbox", "MessageReceipt", "ParameterGroup", "ParameterGroupItem", "PhysicalDevice", "PhysicalDeviceComms",
     "PhysicalDeviceType", "PortalAccount", "QuoteHistory", "UsageHistory", "UsageVersion", "metadata",
 ]
