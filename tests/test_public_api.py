@@ -21,7 +21,7 @@ from tests.collecting import SLOT, START, Clock, collecting_hub, install_meters,
 
 K = 3
 SLOTS = 3
-PERIOD = {"from": START.isoformat(), "to": (START + 4 * SLOT).isoformat()}
+PERIOD = {"from": (START - SLOT).isoformat(), "to": (START + 4 * SLOT).isoformat()}  # slots ending 00:00-02:00
 
 
 @pytest.fixture
@@ -222,7 +222,7 @@ async def test_zeep_consumes_the_wsdl_and_calls_every_operation(phub, clock, pcl
     await seed_usage(phub, clock)
     key = make_client(phub, "soap-app", ["public:read", "customer:read"], customer_ids=["C-LD-000003"])
     url = str(pclient.make_url("/public/soap"))
-    start, end = START, START + 4 * SLOT
+    start, end = START - SLOT, START + 4 * SLOT
 
     def calls() -> dict:
         client = _zeep(url, key)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
-from sqlalchemy import func, or_, select
+from sqlalchemy import exists, func, or_, select
 
 from hub.db import Database, utcnow
 from hub.model import AdrAction, AdrEvent, AdrPolicy, CustomerLogicalDevice, DisplayTerminal, PortalAccount
@@ -179,11 +179,6 @@ class PortalService:
             r.customer_id == customer_id, r.deleted.is_(False),
             or_(r.valid_from.is_(None), r.valid_from <= now), or_(r.valid_to.is_(None), r.valid_to > now)))))
 
-    @staticmethod
-    def _all_lds(s: Any, customer_id: str) -> list[str]:
-        r = CustomerLogicalDevice
-        return sorted(set(s.scalars(select(r.ld_id).where(r.customer_id == customer_id, r.deleted.is_(False)))))
-
     # --- rights -------------------------------------------------------------------------------
     @staticmethod
     def _reader(caller: Caller) -> None:
@@ -268,12 +263,16 @@ class PortalService:
 
     # --- ADR history --------------------------------------------------------------------------
     def adr_history(self, caller: Caller, q: HistoryQuery) -> dict[str, Any]:
-        """Events that touched the account's metering points and the actions taken on them."""
+        """Events that touched the account's metering points and the actions taken on them, while the
+        points were the account's (a later holder's events are not the earlier one's history)."""
         self._reader(caller)
-        a, e = AdrAction, AdrEvent
+        a, e, r = AdrAction, AdrEvent, CustomerLogicalDevice
         with self.db.session() as s:
-            lds = self._all_lds(s, self._customer(caller))
-            stmt = select(a, e).join(e, e.id == a.adr_event_id).where(a.ld_id.in_(lds))
+            held = exists(select(r.ld_id).where(
+                r.ld_id == a.ld_id, r.customer_id == self._customer(caller), r.deleted.is_(False),
+                or_(r.valid_from.is_(None), r.valid_from <= a.directed_at),
+                or_(r.valid_to.is_(None), r.valid_to > a.directed_at)).correlate(a))
+            stmt = select(a, e).join(e, e.id == a.adr_event_id).where(held)
             if q.from_:
                 stmt = stmt.where(a.directed_at >= q.from_)
             if q.to:

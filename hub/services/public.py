@@ -9,7 +9,10 @@
   customer listed, or the customer's own portal account).
 
 Slots are named by their end (the snapshot's ``measured_time``: the increment at 10:30 is the energy
-of 10:00-10:30). Days and months are in ``[privacy] timezone``. Energy is the effective increment
+of 10:00-10:30). A period holds the slots that end after ``from`` and no later than ``to`` (for a
+period on the grid: the slots that lie in it), and a day or month holds the slots that start in it,
+so a local day is the 48 slots ending 00:30 ... 24:00, as in the day's delivery file and the
+dashboard. Days and months are in ``[privacy] timezone``. Energy is the effective increment
 (the re-collected one when a gap was filled), rows still missing add nothing.
 """
 
@@ -22,15 +25,17 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy import and_, case, exists, func, literal, or_, select
 
 from hub.config import PrivacySection
 from hub.db import Database
-from hub.model import AdrAction, AdrEvent, Cluster, CustomerLogicalDevice, LogicalDevice, QuoteHistory, UsageHistory
+from hub.model import (AdrAction, AdrEvent, Cluster, CustomerLogicalDevice, LogicalDevice, QuoteHistory, UsageHistory,
+                       UsageVersion)
 from hub.services.access import Caller, Forbidden
 
 PUBLIC = "public:read"
 CUSTOMER = "customer:read"
+SLOT = timedelta(minutes=30)
 MAX_SLOT_SPAN = timedelta(days=31)
 MAX_DAY_SPAN = timedelta(days=92)
 MAX_MONTH_SPAN = timedelta(days=366 * 5 + 2)
@@ -38,7 +43,7 @@ FAILED_ACTION_STATES = ("failed", "refused", "cancelled", "rejected", "error")
 
 
 class Period(BaseModel):
-    """``from`` inclusive, ``to`` exclusive (aware ISO 8601 times)."""
+    """``from`` inclusive, ``to`` exclusive (aware ISO 8601 times); for usage, the slots lying in it."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     from_: AwareDatetime = Field(alias="from", description="start (inclusive), with a time zone")
@@ -204,7 +209,7 @@ class PublicDataService:
     def _time(from_: datetime, to: datetime, start: datetime | None, end: datetime | None) -> list[Any]:
         u = UsageHistory
         lo, hi = max(from_, start) if start else from_, min(to, end) if end else to
-        return [u.measured_time >= lo.astimezone(UTC), u.measured_time < hi.astimezone(UTC)]
+        return [u.measured_time > lo.astimezone(UTC), u.measured_time <= hi.astimezone(UTC)]
 
     def _publish(self, buckets: dict[tuple[str, datetime], dict[str, Any]], resolution: str, group_by: str,
                  value_key: str) -> dict[str, Any]:
@@ -303,11 +308,16 @@ class PublicDataService:
         return self._series(customer_id, q, with_quotes)
 
     def _series(self, customer_id: str, q: SeriesQuery, with_quotes: bool) -> dict[str, Any]:
-        u, r, qh = UsageHistory, CustomerLogicalDevice, QuoteHistory
-        cols = [u.ld_id, u.measured_time, _effective(), u.status]
+        """The energy of a slot is its latest version's when it was edited (by hand, or by a billing
+        correction: 003 §2.4.7, the visual history follows reconciliation), else the effective one."""
+        u, r, qh, v = UsageHistory, CustomerLogicalDevice, QuoteHistory, UsageVersion
+        same = and_(v.ld_id == u.ld_id, v.sub_number == u.sub_number, v.measured_time == u.measured_time)
+        edited = select(v.increment).where(same).order_by(v.version.desc()).limit(1).correlate(u).scalar_subquery()
+        energy = case((exists(select(v.version).where(same).correlate(u)), edited), else_=_effective())
+        cols = [u.ld_id, u.measured_time, energy, u.status]
         stmt = select(*cols).select_from(u).join(r, _held(literal(customer_id))).where(
-            u.sub_number == q.sub_number, u.measured_time >= q.from_.astimezone(UTC),
-            u.measured_time < q.to.astimezone(UTC))
+            u.sub_number == q.sub_number, u.measured_time > q.from_.astimezone(UTC),
+            u.measured_time <= q.to.astimezone(UTC))
         if with_quotes:
             stmt = stmt.outerjoin(qh, and_(qh.ld_id == u.ld_id, qh.sub_number == u.sub_number,
                                            qh.measured_time == u.measured_time)) \
@@ -338,7 +348,7 @@ class PublicDataService:
     def _bucket(self, t: datetime, resolution: str) -> str:
         if resolution == "slot":
             return iso(t)
-        local = t.astimezone(self.tz)
+        local = (t - SLOT).astimezone(self.tz)  # the slot's start: the slot ending at midnight is the day's last
         return local.date().isoformat() if resolution == "day" else f"{local.year:04d}-{local.month:02d}"
 
 
