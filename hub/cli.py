@@ -318,6 +318,56 @@ def access_create_client(ctx: click.Context, client_id: str, scopes: tuple[str, 
     click.echo(json.dumps(created, indent=2, default=str))
 
 
+@main.group()
+def adr() -> None:
+    """Meter ADR records (the action history for billing incentives)."""
+
+
+@adr.command("actions")
+@click.option("--from", "start", required=True, help="First UTC day (YYYY-MM-DD) or an aware ISO datetime.")
+@click.option("--to", "end", required=True, help="Last UTC day, included (or an aware ISO datetime, excluded).")
+@click.option("--state", type=click.Choice(["planned", "reserved", "failed", "released", "cancelled"]), default=None,
+              help="Only actions in this state (reserved: the reductions that took place).")
+@click.option("--event-id", default=None, help="Only the actions of this DR event.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV file to write (default: standard output).")
+@click.pass_context
+def adr_actions(ctx: click.Context, start: str, end: str, state: str | None, event_id: str | None,
+                out: Path | None) -> None:
+    """Write the ADR actions whose reduction starts in a period as CSV (billing incentives)."""
+    import csv
+
+    from hub.migrate import upgrade
+    from hub.runtime import Hub
+    from hub.services.adr import ACTION_EXPORT_COLUMNS
+
+    lo, hi = _period(start, end)
+    hub = Hub(_settings(ctx.find_root()))
+    stream = out.open("w", encoding="utf-8", newline="") if out else sys.stdout
+    try:
+        upgrade(hub.db.engine)
+        writer = csv.DictWriter(stream, fieldnames=ACTION_EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\r\n")
+        writer.writeheader()
+        offset, written = 0, 0
+        while True:
+            got = hub.adr.list_actions(event_id=event_id, state=state, starts_from=lo, starts_before=hi,
+                                       limit=EXPORT_PAGE, offset=offset)
+            writer.writerows(got["items"])
+            written += len(got["items"])
+            offset += EXPORT_PAGE
+            if len(got["items"]) < EXPORT_PAGE:
+                break
+    finally:
+        if out:
+            stream.close()
+        hub.close()
+    if out:
+        click.echo(json.dumps({"file": str(out), "rows": written}))
+
+
+EXPORT_PAGE = 5000
+
+
 @main.command()
 @click.argument("suite", required=False)
 @click.option("--target", help="URL of the endpoint under test (openadr-ven: the host its test VTN binds).")

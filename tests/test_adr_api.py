@@ -3,11 +3,15 @@ and CSV, and policy assistance from the max-current history."""
 
 from __future__ import annotations
 
+import csv
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from click.testing import CliRunner
 
 from hub.app import create_app
+from hub.cli import main
 from hub.model import UsageHistory
 from hub.services.adr_events import DrEvent, Interval, Signal, Targets
 from tests.collecting import Clock, collecting_hub, install_meters
@@ -104,3 +108,39 @@ async def test_assistance_gives_the_profile_and_the_capacity_that_held_on_n_perc
     assert body["suggested"]["amps"] == 18 and body["suggested"]["days_held"] >= 9
     r = await api.get("/api/v1/adr/logical-devices/LD-000001/assistance", params={"percent": 101})
     assert r.status == 400
+
+
+async def _two_events_a_day_apart(api) -> None:
+    await api.post("/api/v1/adr/policies", json={"ld_id": "LD-000001", "reduced_amps": 20})
+    for n, start in enumerate((NOW + timedelta(minutes=10), NOW + timedelta(days=1, minutes=10))):
+        ev = DrEvent(f"EV-{n}", 0, start, 1800, signals=(Signal("SIMPLE", "level", (Interval(start, 1800, 1),)),),
+                     targets=Targets(everything=True))
+        await api.hub.adr.receive("VTN", [ev])
+    await api.hub.adr.drain()
+
+
+async def test_actions_are_chosen_by_the_period_their_reduction_starts_in(api):
+    await _two_events_a_day_apart(api)
+    day = {"from": "2026-03-04T00:00:00Z", "to": "2026-03-05T00:00:00Z"}
+    got = await (await api.get("/api/v1/adr/actions", params=day)).json()
+    assert [a["event_id"] for a in got["items"]] == ["EV-0"]
+    r = await api.get("/api/v1/adr/actions", params={"from": "2026-03-04T00:00:00"})  # no time zone
+    assert r.status == 400
+
+
+async def test_the_cli_writes_a_billing_period_of_actions_as_csv(api, settings, tmp_path):
+    await _two_events_a_day_apart(api)
+    out = tmp_path / "actions.csv"
+    result = CliRunner().invoke(main, ["adr", "actions", "--from", "2026-03-05", "--to", "2026-03-05",
+                                       "--state", "reserved", "--out", str(out)],
+                                env={"MDMHUB_DATABASE_URL": settings.database_url})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"file": str(out), "rows": 1}
+    rows = list(csv.DictReader(out.open(encoding="utf-8", newline="")))
+    assert [(r["event_id"], r["ld_id"], r["state"], r["reduced_amps"]) for r in rows] == \
+        [("EV-1", "LD-000001", "reserved", "20")]
+
+
+def test_the_cli_refuses_a_bad_period():
+    result = CliRunner().invoke(main, ["adr", "actions", "--from", "March", "--to", "2026-03-05"])
+    assert result.exit_code != 0 and "--from" in result.output

@@ -122,6 +122,11 @@ def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
         yield items[i:i + size]
 
 
+ACTION_EXPORT_COLUMNS = ("id", "event_id", "modification_number", "ld_id", "policy_id", "state", "start_at",
+                         "end_at", "reduced_amps", "restore_amps", "directed_at", "updated_at", "detail")
+"""Columns of the ADR action history export (billing incentives), as the API and the CLI write it."""
+
+
 class AdrService:
     """DR events, ADR policies, reservations and the action history."""
 
@@ -719,10 +724,17 @@ class AdrService:
             return view
 
     def list_actions(self, *, event_id: str | None = None, ld_id: str | None = None, state: str | None = None,
+                     starts_from: datetime | None = None, starts_before: datetime | None = None,
                      limit: int = 100, offset: int = 0) -> dict[str, Any]:
+        """ADR actions in order, with their event's ID and modification; ``starts_from`` and
+        ``starts_before`` keep those whose reduction starts in that period (a billing period)."""
         with self.db.session() as s:
             q = select(AdrAction, AdrEvent.event_id, AdrEvent.modification_number).join(
                 AdrEvent, AdrEvent.id == AdrAction.adr_event_id)
+            if starts_from is not None:
+                q = q.where(AdrAction.start_at >= starts_from)
+            if starts_before is not None:
+                q = q.where(AdrAction.start_at < starts_before)
             if event_id is not None:
                 q = q.where(AdrEvent.event_id == event_id)
             if ld_id is not None:

@@ -8,16 +8,15 @@ import io
 from typing import Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from adapters.rest.common import Page, hub_of, ok, page, parse_body, parse_query, path_int
 from adapters.rest.routing import ApiRoutes
+from hub.services.adr import ACTION_EXPORT_COLUMNS
 from hub.services.adr_policies import PolicyIn, PolicyPatch
 
 routes = ApiRoutes()
 TAG = "adr"
-CSV_COLUMNS = ("id", "event_id", "modification_number", "ld_id", "policy_id", "state", "start_at", "end_at",
-               "reduced_amps", "restore_amps", "directed_at", "updated_at", "detail")
 
 
 class PolicyQuery(Page):
@@ -30,6 +29,9 @@ class EventQuery(Page):
 
 
 class ActionQuery(Page):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: AwareDatetime | None = Field(None, alias="from", description="reductions starting at or after this time")
+    to: AwareDatetime | None = Field(None, description="reductions starting before this time")
     event_id: str | None = Field(None, max_length=128)
     ld_id: str | None = Field(None, max_length=64)
     state: Literal["planned", "reserved", "failed", "released", "cancelled"] | None = None
@@ -103,11 +105,11 @@ async def list_actions(request: web.Request) -> web.Response:
     hub = hub_of(request)
     q = parse_query(request, ActionQuery)
     got = await hub.run(hub.adr.list_actions, event_id=q.event_id, ld_id=q.ld_id, state=q.state,
-                        limit=q.limit, offset=q.offset)
+                        starts_from=q.from_, starts_before=q.to, limit=q.limit, offset=q.offset)
     if q.format == "json":
         return page(got["items"], got["total"])
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\r\n")
+    writer = csv.DictWriter(out, fieldnames=ACTION_EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     writer.writerows(got["items"])
     return web.Response(text=out.getvalue(), content_type="text/csv", charset="utf-8",
