@@ -20,12 +20,13 @@ from bench.cim import bench_cim
 from bench.collection import bench_collection
 from bench.harness import Run, machine, markdown, write_json
 from bench.ieee1888 import bench_ieee1888
+from bench.public import bench_public
 from bench.fleet import Fleet, write_csv
 from bench.registration import bench_registration, import_devices, prepare_store
 from bench.search import bench_search
 from bench.stores import BACKENDS, fresh_database, postgresql_server
 
-BENCHMARKS = ("registration", "search", "billing", "collection", "ieee1888", "cim", "adr")
+BENCHMARKS = ("registration", "search", "billing", "collection", "ieee1888", "cim", "adr", "public")
 FLEET_BENCHMARKS = ("registration", "search", "billing", "collection")
 
 
@@ -75,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{backend}] 61968-9 ingest of {args.devices:,} meters' day and get MeterReadings ...",
                           file=sys.stderr, flush=True)
                     bench_cim(run, backend, url, workdir, meters=args.devices)
+            if "public" in args.only:
+                with fresh_database(backend, workdir) as url:  # its own store: the fleet, customers and a day
+                    print(f"[{backend}] public API: cluster aggregate over {args.devices:,} meters and 100 "
+                          "concurrent clients ...", file=sys.stderr, flush=True)
+                    bench_public(run, backend, url, args.devices, workdir)
             if "adr" in args.only:  # its own stores: 20 % of the meters with an ADR policy
                 print(f"[{backend}] OpenADR fan-out of one event to {args.devices // 5:,} of {args.devices:,} "
                       "meters ...", file=sys.stderr, flush=True)
