@@ -249,6 +249,8 @@ class CimSection(_Section):
     publish_batch: int = Field(50, ge=1, le=10000, description="Messages sent to one subscriber per round.")
     readings_per_message: int = Field(1000, ge=1, le=100000,
                                       description="Metering points per created MeterReadings message (parts).")
+    replay_retention_hours: float = Field(168.0, gt=0, le=24 * 366, description="How long a received message's "
+                                          "reply is kept, so a copy resent under the same MessageID gets it again.")
 
 
 class AccessSection(_Section):

@@ -25,6 +25,7 @@ from hub.services.billing import BillingService
 from hub.services.certificates import CertificateService
 from hub.services.cim_readings import CimReadService
 from hub.services.message_outbox import MessageOutboxService
+from hub.services.message_receipts import MessageReceiptService
 from hub.services.collection import CollectionService
 from hub.services.diagnosis import Thresholds
 from hub.services.concentrators import ConcentratorService
@@ -86,6 +87,8 @@ class Hub:
         self.dashboard = DashboardService(self.db, settings.privacy.timezone, clock=lambda: self.collection.clock())
         self.cim_reads = CimReadService(self.db)  # many metering points at once, for the 61968-9 edge
         self.outbox = MessageOutboxService(self.db)  # messages edges publish, kept until acknowledged
+        self.receipts = MessageReceiptService(  # messages edges took in, with the reply given (replay)
+            self.db, retention=timedelta(hours=settings.cim.replay_retention_hours))
         self.adr = AdrService(self.db, self.head_ends, self.run, settings.openadr)
         self.controls = ControlService(self.db, self.head_ends, self.run)
         self.reboot_jobs = RebootJobs(self.db, settings.controls, self.search, self.controls, self.run, self.alerts)

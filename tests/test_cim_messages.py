@@ -10,6 +10,7 @@ from aiohttp import web
 
 from hub.app import create_app
 from hub.ports import RegisterRead
+from hub.runtime import Hub
 from tests.cim_messages import (
     INTERVAL,
     MR,
@@ -107,6 +108,36 @@ async def test_create_meter_readings_stores_once_and_a_replay_returns_the_first_
     assert again.findtext("msg:Header/msg:MessageID", namespaces=NSMAP) == \
         first.findtext("msg:Header/msg:MessageID", namespaces=NSMAP)
     assert len(usage_rows(hub, meters[0], 1)) == 9
+
+
+async def test_a_replay_after_a_restart_still_gets_the_first_reply_and_acts_once(cim, hub, meters, settings,
+                                                                                   aiohttp_client):
+    body = request("create", "MeterReadings",
+                   f"<Payload>{meter_readings({meters[0]: [(iso(T0 + 6 * SLOT), 103.0)]})}</Payload>",
+                   message_id="create-restart")
+    first = await post(cim, body)
+    assert result(first) == "OK", details(first)
+    hub.db.engine.dispose()  # the first hub is gone; a new one starts on the same store
+    restarted = Hub(settings)
+    try:
+        again = await post(await aiohttp_client(create_app(restarted)), body)
+        assert again.findtext("msg:Header/msg:MessageID", namespaces=NSMAP) == \
+            first.findtext("msg:Header/msg:MessageID", namespaces=NSMAP)
+        assert result(again) == "OK"
+        assert len(usage_rows(restarted, meters[0], 1)) == 7
+    finally:
+        restarted.close()
+
+
+async def test_a_copy_of_a_message_whose_first_copy_was_cut_short_is_not_acted_on(cim, hub, meters):
+    hub.receipts.claim("cim", "ERP", "create-crashed")  # taken in, then the process died before replying
+    body = request("create", "MeterReadings",
+                   f"<Payload>{meter_readings({meters[0]: [(iso(T0 + 6 * SLOT), 103.0)]})}</Payload>",
+                   message_id="create-crashed")
+    copy = await post(cim, body)
+    assert result(copy) == "FAILED" and codes(copy) == ["3.2"]
+    assert "outcome is not known" in details(copy)[0]
+    assert len(usage_rows(hub, meters[0], 1)) == 6
 
 
 async def test_created_event_in_parts_compressed_with_quality_kept_as_flags(cim, hub, meters):

@@ -1,7 +1,8 @@
 """The 61968-9 edge's message handling, whatever the transport: one document in, one reply out.
 
 Steps: classify and read the envelope, validate it against Message.xsd, check Verb and Noun against
-the handlers served, answer a replayed MessageID with the first reply (acting once), hand the
+the handlers served, answer a replayed MessageID with the first reply (acting once, across restarts:
+the core's receipts keep each reply), hand the
 message to the noun's handler (at once, or in the background when the request asks for an
 asynchronous reply), and turn what happened into a ResponseMessage with the standard Result and
 error codes. Nothing raised inside ever reaches the partner as a stack trace: unexpected errors are
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +29,13 @@ from adapters.cim.envelope import (
     Message,
     Payload,
     Reply,
+    build_message,
     read_message,
     reply_to,
 )
 from adapters.cim.profile import Outcome
 from adapters.cim.stream import Streamed
+from adapters.xmlsafe import parse as parse_xml
 from hub.services.errors import Conflict, InvalidInput, NotFound, ServiceError
 
 if TYPE_CHECKING:
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mdmhub.cim")
 Handler = Callable[["CimEdge", Message], Awaitable[Outcome]]
-REPLAY_CACHE = 10_000
+CHANNEL = "cim"
 
 HANDLERS: dict[tuple[str, str], Handler] = {
     ("get", "MeterReadings"): readings.get,
@@ -96,7 +98,6 @@ class CimEdge:
     def __init__(self, hub: Hub, settings: CimSection) -> None:
         self.hub = hub
         self.settings = settings
-        self._replies: OrderedDict[tuple[str, str], Message] = OrderedDict()
         self._busy: dict[tuple[str, str], asyncio.Future[Message]] = {}
         self.background: set[asyncio.Task[Any]] = set()
         self.deliver: Callable[[str, Message, str], Awaitable[None]] | None = None  # set by the transport
@@ -149,16 +150,16 @@ class CimEdge:
                                    "reply endpoint", "Header/ReplyAddress")
         key = (h.source or "", h.message_id or "") if h.message_id and h.verb != "get" else None
         if key is not None:
-            if key in self._replies:
-                self._replies.move_to_end(key)
-                return self._replies[key]
             if key in self._busy:
                 return await asyncio.shield(self._busy[key])
+            earlier = await self._claim(h, key)
+            if earlier is not None:
+                return earlier
         if h.async_reply:
             ack = reply_to(h, Reply("OK", [error_item("ack", f"the reply goes to {h.reply_address}")],
                                     [ID(h.message_id or "", kind="transaction")]), source=self.settings.source)
             if key is not None:
-                self._remember(key, ack)
+                await self._remember(key, ack)
             task = asyncio.create_task(self._later(handler, msg, transport))
             self.background.add(task)
             task.add_done_callback(self.background.discard)
@@ -169,7 +170,7 @@ class CimEdge:
         self._busy[key] = future
         try:
             response = await self._run(handler, msg)
-            self._remember(key, response)
+            await self._remember(key, response)
             future.set_result(response)
             return response
         finally:
@@ -177,10 +178,23 @@ class CimEdge:
             if not future.done():
                 future.cancel()
 
-    def _remember(self, key: tuple[str, str], response: Message) -> None:
-        self._replies[key] = response
-        while len(self._replies) > REPLAY_CACHE:
-            self._replies.popitem(last=False)
+    async def _claim(self, h: Header, key: tuple[str, str]) -> Message | None:
+        """None when this is the message's first copy (act on it); else the answer to a copy: the
+        first reply again, or, while the first copy is (or was, before a crash) in hand, a refusal
+        that says its outcome is not known, so the partner looks before resending anew."""
+        claim = await self.hub.run(self.hub.receipts.claim, CHANNEL, *key)
+        if claim.first:
+            return None
+        if claim.reply is not None:
+            log.info("cim message replayed", extra={"message_id": h.message_id, "source": h.source})
+            return read_message(parse_xml(claim.reply.encode("utf-8")))
+        since = claim.received_at.isoformat() if claim.received_at else "earlier"
+        return self.failed(h, "duplicate-unsettled", f"a message with MessageID {h.message_id} from this Source "
+                           f"was taken in at {since} and its outcome is not known; check the objects' state, "
+                           "then send again under a new MessageID", "Header/MessageID")
+
+    async def _remember(self, key: tuple[str, str], response: Message) -> None:
+        await self.hub.run(self.hub.receipts.record_reply, CHANNEL, *key, build_message(response).decode("utf-8"))
 
     async def _run(self, handler: Handler, msg: Message) -> Message:
         h = msg.header
