@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -252,16 +253,20 @@ def bench_public(run: Run, backend: str, url: str, meters: int, workdir: Path, c
                                    "one": {k: round(v * 1000, 1) for k, v in p_one.items()},
                                    "health": {k: round(v * 1000, 2) for k, v in percentiles(health).items()},
                                    "load_average_before": load_before}
+        print(f"[{backend}] aggregate: {details['aggregate_ms']}", file=sys.stderr, flush=True)
         result = asyncio.run(load(server.base, key, clients, seconds))
         lname = f"public API load, {clients} clients x {seconds:.0f} s, mixed REST and SOAP"
-        pl = percentiles(result["latencies"])
         errors = sum(result["errors"].values())
         run.add(Measure(lname, backend, "throughput", result["ok"] / result["wall_s"], "requests/s"))
-        run.add(Measure(lname, backend, "p50", pl["p50"] * 1000, "ms"))
-        run.add(Measure(lname, backend, "p99", pl["p99"] * 1000, "ms"))
+        if result["latencies"]:  # none when every request failed
+            pl = percentiles(result["latencies"])
+            run.add(Measure(lname, backend, "p50", pl["p50"] * 1000, "ms"))
+            run.add(Measure(lname, backend, "p99", pl["p99"] * 1000, "ms"))
         run.add(Measure(lname, backend, "errors", errors, "requests", target="0", met=errors == 0))
+        run.add(Measure(lname, backend, "throttled (429)", result["throttled"], "requests"))
         details["load"] = {k: v for k, v in result.items() if k != "latencies"} | {
             "load_average_after": _load_average()}
+        print(f"[{backend}] load: {details['load']}", file=sys.stderr, flush=True)
     finally:
         child = server.stop()
         details["server_peak_rss_mib"] = round(child.peak_rss_mib, 1)
