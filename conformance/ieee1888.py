@@ -136,6 +136,25 @@ async def check_write_again_same_values(s: Session) -> None:
     expect(t is not None and t.ok, f"re-sending a stored value was not answered OK: {raw[:300]!r}")
 
 
+async def check_write_another_value_for_a_stored_time(s: Session) -> str:
+    """Either policy is conformant if it is kept: refuse the second value (the stored one stays), or
+    last write wins (FIAPStorage2; the new one is returned). Answering OK and keeping the old value
+    loses the writer's data silently; that fails. The stored value is put back afterwards."""
+    other = s.values[0] + "1"
+    _, t, raw = await s.post("dataRQ", transport_xml(header=False, points=[Point(s.point, [Value(s.at(0), other)])]))
+    expect(t is not None, f"WRITE of another value is not an IEEE 1888 answer: {raw[:300]!r}")
+    assert t is not None
+    stored = await s.fetch_values(eq=s.at(0))
+    if t.ok and t.error is None:
+        expect(stored == [other], f"answered OK but FETCH returns {stored}: the new value was dropped silently")
+        _, back, _ = await s.post("dataRQ", transport_xml(header=False,
+                                                          points=[Point(s.point, [Value(s.at(0), s.values[0])])]))
+        expect(back is not None and back.ok, "could not put the stored value back")
+        return "policy: last write wins"
+    expect(stored == [s.values[0]], f"refused ({_error_type(t)}) but FETCH returns {stored}: the value changed")
+    return f"policy: a different value is refused ({_error_type(t)})"
+
+
 async def check_fetch_all(s: Session) -> None:
     got = await s.fetch_values(gteq=s.at(0), lteq=s.at(VALUES - 1))
     expect(got == s.values, f"FETCH of the range gave {got}, expected {s.values} in ascending time order")
@@ -268,8 +287,9 @@ async def check_malformed_gives_soap_fault(s: Session) -> None:
     expect(status == 500 and b"Fault" in raw, f"malformed XML gave HTTP {status}: {raw[:200]!r}")
 
 
-CHECKS: list[Callable[[Session], Awaitable[None]]] = [
-    check_wsdl, check_write, check_write_again_same_values, check_fetch_all, *OPERATORS, check_paging,
+CHECKS: list[Callable[[Session], Awaitable[str | None]]] = [
+    check_wsdl, check_write, check_write_again_same_values, check_write_another_value_for_a_stored_time,
+    check_fetch_all, *OPERATORS, check_paging,
     check_trap, check_error_point_not_found, check_error_invalid_request, check_error_too_many_values,
     check_error_query_not_supported, check_error_invalid_cursor, check_malformed_gives_soap_fault,
 ]
@@ -285,8 +305,8 @@ async def run_checks(target: str, point: str = DEFAULT_POINT) -> list[Result]:
             started = time.perf_counter()
             name = check.__name__.removeprefix("check_")
             try:
-                await check(s)
-                results.append(Result(name, "passed", time.perf_counter() - started))
+                note = await check(s)
+                results.append(Result(name, "passed", time.perf_counter() - started, note or ""))
             except CheckFailed as exc:
                 results.append(Result(name, "failed", time.perf_counter() - started, str(exc)))
             except Exception as exc:  # noqa: BLE001 - a crash in one check is that check's failure

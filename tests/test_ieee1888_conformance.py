@@ -28,6 +28,8 @@ async def test_the_hub_passes_its_own_conformance_suite(hub: Hub, aiohttp_server
     assert {"write", "fetch_eq", "fetch_neq", "fetch_lt", "fetch_gt", "fetch_lteq", "fetch_gteq", "paging", "trap",
             "error_point_not_found", "error_invalid_request", "error_too_many_values",
             "error_query_not_supported", "error_invalid_cursor"} <= names
+    (duplicate,) = [r for r in results if r.name == "write_another_value_for_a_stored_time"]
+    assert duplicate.message == "policy: a different value is refused (INVALID_REQUEST)"
     suite = ElementTree.fromstring(junit_xml(results, target))
     assert suite.get("failures") == "0" and int(suite.get("tests") or 0) == len(results)
     assert "0 failed" in report_text(results, target)
@@ -51,5 +53,5 @@ async def test_a_faulty_storage_is_caught(aiohttp_server: Any) -> None:
     results = await asyncio.wait_for(run_checks(str(server.make_url("/fiap"))), 60)
     failed = {r.name for r in results if r.status == "failed"}
     assert {"wsdl", "fetch_all", "fetch_eq", "trap", "error_point_not_found", "error_too_many_values",
-            "error_invalid_cursor"} <= failed
+            "error_invalid_cursor", "write_another_value_for_a_stored_time"} <= failed
     assert "write" not in failed  # it does answer OK
