@@ -32,7 +32,7 @@ from adapters import xmlsafe
 from adapters.cim import codes
 from adapters.cim.envelope import build_element, event, parse_time
 from adapters.cim.events import build_events
-from adapters.cim.readings import build_meter_readings
+from adapters.cim.readings_answer import build_meter_readings
 
 if TYPE_CHECKING:
     from hub.config import CimSection, CimSubscriber
