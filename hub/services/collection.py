@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, select
@@ -46,7 +47,7 @@ from hub.services.collection_targets import Target, candidate_targets, registers
 from hub.services.diagnosis import ROW_CHECKS, Ranges, Thresholds
 from hub.services.errors import InvalidInput
 from hub.services.quality import Quality
-from hub.services.usage_writer import USAGE, Key, UsageWriter, WriteResult, utc
+from hub.services.usage_writer import USAGE, Key, Read, UsageWriter, WriteResult, utc
 from hub.throttle import Priority
 
 log = logging.getLogger("mdmhub.collection")
@@ -392,38 +393,40 @@ class CollectionService:
         """Store readings pushed by an edge (same path as polled reads). Reads of unknown or
         uninstalled LD_IDs, of registers the device type lacks, or off the 30-minute grid are
         refused and listed; the same reads stored twice change nothing."""
-        reads = list(reads)
-        registers = self._registers([r.ld_id for r in reads])
+        return self.ingest_values([(r.ld_id, r.sub_number, r.measured_time, r.value) for r in reads], source, he_id)
+
+    def ingest_values(self, values: Iterable[Read], source: str, he_id: int | None = None) -> dict[str, Any]:
+        """:meth:`ingest_reads` of reads given as plain (ld_id, sub_number, measured_time, value)
+        tuples: what bulk pushes use, a read object per value costing more than storing it."""
+        values = list(values)
+        registers = self._registers(list({v[0]: None for v in values}))
         subs = {ld: {reg.sub_number for reg in regs} for ld, regs in registers.items()}
         time_problems: dict[datetime, str | None] = {}  # a batch holds few distinct instants
-        accepted: list[RegisterRead] = []
+        accepted: list[Read] = []
         rejected: list[dict[str, Any]] = []
-        for r in reads:
-            reason = None
-            have = subs.get(r.ld_id)
+        for v in values:
+            ld_id, sub, t, _ = v
+            have = subs.get(ld_id)
             if have is None:
                 reason = "unknown or uninstalled LD_ID"
-            elif r.sub_number not in have:
-                reason = f"the device type has no register {r.sub_number}"
+            elif sub not in have:
+                reason = f"the device type has no register {sub}"
+            elif t in time_problems:
+                reason = time_problems[t]
             else:
-                t = r.measured_time
-                if t in time_problems:
-                    reason = time_problems[t]
-                else:
-                    reason = time_problems[t] = _time_problem(t)
+                reason = time_problems[t] = _time_problem(t)
             if reason:
-                rejected.append({"ld_id": r.ld_id, "sub_number": r.sub_number,
-                                 "measured_time": r.measured_time.isoformat(), "reason": reason})
+                rejected.append({"ld_id": ld_id, "sub_number": sub, "measured_time": t.isoformat(), "reason": reason})
             else:
-                accepted.append(r)
+                accepted.append(v)
         cumulative = {(ld, reg.sub_number) for ld, regs in registers.items() for reg in regs if reg.cumulative}
         total = WriteResult()
-        accepted.sort(key=lambda r: (r.ld_id, r.sub_number, r.measured_time))
+        accepted.sort(key=itemgetter(0, 1, 2))  # stable: of two values of one snapshot, the first counts
         for i in range(0, len(accepted), INGEST_CHUNK):
-            total.add(self.writer.store(expected=(), reads=accepted[i:i + INGEST_CHUNK],
+            total.add(self.writer.store(expected=(), values=accepted[i:i + INGEST_CHUNK],
                                         cumulative=lambda ld, sub: (ld, sub) in cumulative, source=source,
                                         he_id=he_id))
-        return {"received": len(reads), "stored": total.inserted, "filled": total.filled,
+        return {"received": len(values), "stored": total.inserted, "filled": total.filled,
                 "duplicates": total.duplicates, "rejected": rejected}
 
     def _registers(self, ld_ids: list[str]) -> dict[str, Any]:

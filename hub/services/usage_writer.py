@@ -53,6 +53,9 @@ LOG: Table = CollectionLog.__table__  # type: ignore[attr-defined]
 
 Key = tuple[str, int, datetime]
 Series = tuple[str, int]
+Read = tuple[str, int, datetime, float]
+"""A register read as a plain tuple (ld_id, sub_number, measured_time, value): what bulk pushes
+hand over, where a :class:`hub.ports.RegisterRead` per value would cost more than storing it."""
 
 
 @dataclass(slots=True)
@@ -137,6 +140,12 @@ class _Binder:
                 self._procs[column] = proc
         return self._procs[column]
 
+    def times(self, values: Iterable[datetime]) -> dict[datetime, Any]:
+        """The driver's form of each of ``values`` (aware UTC datetimes), for rows built already
+        converted (see ``converted``)."""
+        convert = self._convert("updated_at") or (lambda value: value)
+        return {t: convert(t) for t in values}
+
     def _params(self, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
         converts = [(i, f) for i, c in enumerate(columns) if (f := self._convert(c)) is not None]
         if not converts:
@@ -154,8 +163,8 @@ class _Binder:
         arrays = ", ".join(f"%b::{compile_type(self.table.c[c].type)}[]" for c in columns)
         return f"unnest({arrays}) AS v({', '.join(columns)})"
 
-    def _run(self, sql: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        params = self._params(columns, rows)
+    def _run(self, sql: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], converted: bool = False) -> None:
+        params = rows if converted else self._params(columns, rows)
         if not params:
             return
         if self.pg:  # binary parameters: arrays of text dumped without quoting and escaping
@@ -164,16 +173,43 @@ class _Binder:
         else:
             self.conn.exec_driver_sql(sql, params)
 
-    def insert_ignore(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """INSERT ... ON CONFLICT DO NOTHING."""
+    def insert_ignore(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], converted: bool = False) -> None:
+        """INSERT ... ON CONFLICT DO NOTHING; with ``converted`` the rows hold driver values already
+        (timestamps from :meth:`times`), so they are sent as they are."""
         names = ", ".join(columns)
+        if self.pg and converted:
+            self._copy_ignore(columns, rows)
+            return
         if self.pg:
             sql = f"INSERT INTO {self.table.name} ({names}) SELECT {names} FROM {self._unnest(columns)} " \
                   "ON CONFLICT DO NOTHING"
         else:
             sql = f"INSERT INTO {self.table.name} ({names}) VALUES ({', '.join('?' * len(columns))}) " \
                   "ON CONFLICT DO NOTHING"
-        self._run(sql, columns, rows)
+        self._run(sql, columns, rows, converted)
+
+    def _copy_ignore(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """PostgreSQL: the rows COPYed (binary) into a temporary table of the session, then moved with
+        INSERT ... SELECT ... ON CONFLICT DO NOTHING. COPY formats rows in the driver's C code, where
+        the arrays for ``unnest`` are built element by element in Python (six times slower)."""
+        if not rows:
+            return
+        table, names = self.table.name, ", ".join(columns)
+        bulk = f"bulk_{table}"
+        cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {bulk} (LIKE {table})")  # gone if this rolls back
+        info = self.conn.connection.info
+        types = info.get(("bulk column types", table))
+        if types is None:
+            types = info[("bulk column types", table)] = dict(cursor.execute(
+                "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0",
+                (table,)).fetchall())
+        with cursor.copy(f"COPY {bulk} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([types[c] for c in columns])
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {bulk} ON CONFLICT DO NOTHING; "
+                       f"DELETE FROM {bulk}")
 
     def update(self, set_columns: Sequence[str], key_columns: Sequence[str], rows: Sequence[Sequence[Any]],
                where: str = "") -> None:
@@ -215,14 +251,15 @@ class _Aware:
     batch holds a handful of instants and tens of thousands of rows."""
 
     def __init__(self) -> None:
-        self._memo: dict[datetime, datetime] = {}
+        self.memo: dict[datetime, datetime] = {}
+        """Given value -> its UTC object, for lookups inline in a caller's loop."""
 
     def __call__(self, value: datetime) -> datetime:
-        out = self._memo.get(value)  # a naive value never equals an aware key, so it is checked
+        out = self.memo.get(value)  # a naive value never equals an aware key, so it is checked
         if out is None:
             out = utc(value)
-            out = self._memo.setdefault(out, out)
-            self._memo[value] = out
+            out = self.memo.setdefault(out, out)
+            self.memo[value] = out
         return out
 
 
@@ -240,17 +277,23 @@ class UsageWriter:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def store(self, *, expected: Iterable[Key], reads: Iterable[RegisterRead],
+    def store(self, *, expected: Iterable[Key], reads: Iterable[RegisterRead] = (), values: Iterable[Read] = (),
               cumulative: Callable[[str, int], bool], source: str, he_id: int | None = None,
               run_id: int | None = None, fill_status: str = "recollected", keep_rows: bool = False) -> WriteResult:
         """Store one batch in one transaction (see the module docstring). Times must be aware.
 
-        ``fill_status`` is the status a missing row takes when a value arrives for it; with
-        ``keep_rows`` the result lists the batch's rows as stored (no read back needed)."""
+        The values come as ``reads`` or as plain tuples in ``values`` (or both); the first value of
+        a snapshot counts. ``fill_status`` is the status a missing row takes when a value arrives
+        for it; with ``keep_rows`` the result lists the batch's rows as stored (no read back needed)."""
         norm = _Aware()
-        values: dict[Key, float] = {}
+        given: dict[Key, float] = {}
         for r in reads:
-            values.setdefault((r.ld_id, r.sub_number, norm(r.measured_time)), float(r.value))
+            given.setdefault((r.ld_id, r.sub_number, norm(r.measured_time)), float(r.value))
+        memo = norm.memo
+        for ld_id, sub, t, value in values:
+            aware = memo.get(t)
+            given.setdefault((ld_id, sub, aware if aware is not None else norm(t)), float(value))
+        values = given
         wanted = {(ld, sub, norm(t)) for ld, sub, t in expected}
         result = WriteResult()
         keys = wanted | values.keys()
@@ -265,13 +308,20 @@ class UsageWriter:
             result.duplicates = len(values) - len(new_values)
             chains = self._chains(conn, new_values, existing, cumulative)
 
+            usage = _Binder(conn, USAGE)
+            at = usage.times([*times, now])  # rows are built with the driver's timestamps
+            now_at = at[now]
             inserts: list[tuple[Any, ...]] = []
+            quotes: list[tuple[Any, ...]] = []
             fills: list[tuple[Any, ...]] = []
             recalcs: list[tuple[Any, ...]] = []
             for key, (increment, quality, kind) in chains.items():
                 ld_id, sub, t = key
                 if kind == "insert":
-                    inserts.append((ld_id, sub, t, new_values[key], increment, "normal", quality))
+                    t_at = at[t]
+                    inserts.append((ld_id, sub, t_at, new_values[key], increment, "normal", quality, None, source,
+                                    now_at))
+                    quotes.append((ld_id, sub, t_at, source, False, now_at))
                 elif kind == "fill":
                     fills.append((new_values[key], increment, quality, fill_status, source, now, ld_id, sub, t))
                     result.filled_keys.append(key)
@@ -279,21 +329,20 @@ class UsageWriter:
                     recalcs.append((increment, quality, now, ld_id, sub, t))
             result.inserted = len(inserts)
             missing_quality = int(Quality.MISSING)
-            inserts.extend((ld_id, sub, t, None, None, "missing", missing_quality)
-                           for ld_id, sub, t in wanted - existing.keys() - values.keys())
+            for ld_id, sub, t in wanted - existing.keys() - values.keys():
+                inserts.append((ld_id, sub, at[t], None, None, "missing", missing_quality, None, source, now_at))
+                quotes.append((ld_id, sub, at[t], source, False, now_at))
             result.missing_inserted = len(inserts) - result.inserted
 
             _Binder(conn, LOG).insert_ignore(
                 ("ld_id", "sub_number", "measured_time", "value", "he_id", "source", "run_id", "received_at"),
-                [(*k, v, he_id, source, run_id, now) for k, v in new_values.items()])
-            usage = _Binder(conn, USAGE)
+                [(ld_id, sub, at[t], v, he_id, source, run_id, now_at) for (ld_id, sub, t), v in new_values.items()],
+                converted=True)
             usage.insert_ignore(
                 ("ld_id", "sub_number", "measured_time", "register_value", "increment", "status", "quality",
-                 "recollected_increment", "source", "updated_at"),
-                [(*row, None, source, now) for row in inserts])
+                 "recollected_increment", "source", "updated_at"), inserts, converted=True)
             _Binder(conn, QUOTE).insert_ignore(
-                ("ld_id", "sub_number", "measured_time", "source", "corrected", "updated_at"),
-                [(row[0], row[1], row[2], source, False, now) for row in inserts])
+                ("ld_id", "sub_number", "measured_time", "source", "corrected", "updated_at"), quotes, converted=True)
             usage.update(("register_value", "recollected_increment", "quality", "status", "source", "updated_at"),
                          ("ld_id", "sub_number", "measured_time"), fills,
                          where=" AND usage_history.status = 'missing'")
@@ -444,6 +493,9 @@ class UsageWriter:
                 out[full] = _step(first[0] if first else None, first[1].value if first else None, t,
                                   new_values[full], counts, full in existing)
                 continue
+            if points is None and nxt is None:  # a pushed stretch with nothing stored in or after it
+                _stretch(out, key, sorted(new_times), first, new_values, existing, counts)
+                continue
             timeline = dict(points or {})  # time -> stored valued row
             for near in (first, nxt):
                 if near is not None:
@@ -485,6 +537,29 @@ def _step(prev_t: datetime | None, prev_v: float | None, t: datetime, value: flo
         if increment < 0:
             flags |= _NEGATIVE
     return increment, flags, "fill" if fill else "insert"
+
+
+def _stretch(out: dict[Key, tuple[float | None, int, str]], series: Series, times: list[datetime],
+             first: tuple[datetime, _Row] | None, new_values: dict[Key, float], existing: dict[Key, _Row],
+             counts: bool) -> None:
+    """:func:`_step` over the sorted new ``times`` of one register that has no stored value among
+    or after them (only, perhaps, ``first`` before): the bulk push's case, one loop without calls."""
+    ld_id, sub = series
+    prev_t, prev_v = (first[0], first[1].value) if first is not None else (None, None)
+    for t in times:
+        full = (ld_id, sub, t)
+        value = new_values[full]
+        fill = full in existing
+        flags = _VALID | _RECOLLECTED if fill else _VALID
+        increment = None
+        if counts and prev_t is not None and prev_v is not None:
+            increment = round(value - prev_v, INCREMENT_DIGITS)
+            if prev_t != t - SLOT:
+                flags |= _SPANS_GAP
+            if increment < 0:
+                flags |= _NEGATIVE
+        out[full] = (increment, flags, "fill" if fill else "insert")
+        prev_t, prev_v = t, value
 
 
 def _recalc_quality(row: _Row, flags: int) -> int:
