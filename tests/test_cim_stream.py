@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from adapters import xmlsafe
-from adapters.cim import stream
+from adapters.cim import readings, stream
 from hub.app import create_app
 from tests.cim_messages import MR, codes, details, iso, meter_readings, parse_reply, request, result
 from tests.collecting import install_meters, usage_rows
@@ -61,6 +61,23 @@ def stored(hub, lds: list[str]) -> dict[str, list[tuple[datetime, float, float |
 async def test_a_message_of_many_batches_is_stored_whole_and_correctly(cim, hub, lds, small_batches):
     values = day(lds)
     reply = parse_reply(await post(cim, created(meter_readings(values, code=SNAPSHOT, interval=True))))
+    assert result(reply) == "OK", details(reply)
+    rows = stored(hub, lds)
+    for n, ld in enumerate(lds, start=1):
+        assert [(t, v) for t, v, _ in rows[ld]] == [(T0 + s * SLOT, v) for s, (_, v) in enumerate(values[ld])]
+        assert [inc for _, _, inc in rows[ld]] == [None] + [pytest.approx(0.25 + n / 100)] * (SLOTS - 1)
+
+
+async def test_steps_mapped_while_the_one_before_is_stored_are_stored_in_order(cim, hub, lds, small_batches,
+                                                                                monkeypatch):
+    """Each meter's day comes in two MeterReadings, its second half in a later step than its first:
+    the increment at the seam is computed from the first half, so that step was stored before."""
+    monkeypatch.setattr(readings, "PIPELINE_METERS", 2)
+    values = day(lds)
+    halves = [meter_readings({ld: points[part * SLOTS // 2:(part + 1) * SLOTS // 2] for ld, points in values.items()},
+                             code=SNAPSHOT, interval=True) for part in (0, 1)]
+    payload = halves[0].removesuffix("</m:MeterReadings>") + halves[1][halves[1].index("<m:MeterReading>"):]
+    reply = parse_reply(await post(cim, created(payload)))
     assert result(reply) == "OK", details(reply)
     rows = stored(hub, lds)
     for n, ld in enumerate(lds, start=1):

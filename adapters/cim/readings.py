@@ -14,6 +14,7 @@ computed like polled reads; ReadingQualities set the matching quality flags.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections import defaultdict
 from collections.abc import Iterable
@@ -25,28 +26,15 @@ from lxml import etree
 
 from adapters.cim import codes
 from adapters.cim.envelope import Message, parse_time
-from adapters.cim.profile import (
-    Builder,
-    Outcome,
-    decimal,
-    identifiers,
-    kid,
-    kids,
-    number_text,
-    refuse,
-    time_text,
-    unique,
-    window,
-)
-from hub.ports import RegisterRead
+from adapters.cim.profile import Outcome, decimal, identifiers, kid, kids, refuse, unique, window
+from adapters.cim.readings_answer import build_meter_readings, sub_numbers
 from hub.services.quality import FLAG_NAMES, Quality
 
 if TYPE_CHECKING:
     from adapters.cim.service import CimEdge
-    from hub.services.cim_readings import MeteringPoint, RegisterInfo, SeriesRow
-
-NS = "http://iec.ch/TC57/2011/MeterReadings#"
-RQ_NAMES = {code: name for name, code in codes.quality_codes().items()}
+    from hub.runtime import Hub
+    from hub.services.cim_readings import MeteringPoint
+    from hub.services.usage_writer import Read
 
 
 def _window(msg: Message, get: etree._Element) -> tuple[datetime, datetime]:
@@ -85,9 +73,16 @@ async def get(edge: CimEdge, msg: Message) -> Outcome:
     types = [known[c] for c in wanted_types if c in known] if wanted_types else list(known.values())
     if wanted_types and not types:
         return out
-    hub = edge.hub
+    return await edge.hub.run(_answer, edge.hub, out, by_ld, by_dev, types, start, end)
+
+
+def _answer(hub: Hub, out: Outcome, by_ld: list[str], by_dev: list[str], types: list[codes.ReadingTypeRow],
+            start: datetime, end: datetime) -> Outcome:
+    """The rest of a get, in one worker thread: the metering points named, their registers, the
+    rows of the registers the answer shows, and the answer. One hand-over to a worker instead of
+    one per step: under load each hand-over waits for a core, and cost more than the steps."""
     try:
-        points, unknown = await hub.run(hub.cim_reads.resolve, by_ld, by_dev)
+        points, unknown = hub.cim_reads.resolve(by_ld, by_dev)
     except ValueError as exc:
         raise refuse("bad-request", str(exc)) from None
     for name in unknown:
@@ -95,9 +90,9 @@ async def get(edge: CimEdge, msg: Message) -> Outcome:
                  object_type="UsagePoint" if name in by_ld else "EndDevice")
     if not points:
         return out
-    registers = await hub.run(hub.cim_reads.registers, {p.group_id for p in points})
+    registers = hub.cim_reads.registers({p.group_id for p in points})
     try:
-        series = await hub.run(hub.cim_reads.series, [p.ld_id for p in points], start, end)
+        series = hub.cim_reads.series([p.ld_id for p in points], start, end, sub_numbers(points, registers, types))
     except ValueError as exc:
         raise refuse("bad-request", str(exc), "Request") from None
     out.payload.append(build_meter_readings(points, registers, series, types))
@@ -105,127 +100,17 @@ async def get(edge: CimEdge, msg: Message) -> Outcome:
     return out
 
 
-def build_meter_readings(points: list[MeteringPoint], registers: dict[int, list[RegisterInfo]],
-                         series: dict[str, list[SeriesRow]], types: list[codes.ReadingTypeRow]) -> etree._Element:
-    b = Builder(NS)
-    root = b.root("MeterReadings")
-    used_types: dict[str, codes.ReadingTypeRow] = {}
-    used_rq: set[str] = set()
-    rq_flags = _quality_flags()
-    sub = etree.SubElement
-    ir_tag, ts_tag, value_tag, r_tag, rt_tag = (f"{{{NS}}}{n}" for n in (
-        "IntervalReadings", "timeStamp", "value", "Readings", "ReadingType"))
-    stamps: dict[datetime, str] = {}
-
-    def stamp(t: datetime) -> str:
-        out = stamps.get(t)
-        if out is None:
-            out = stamps[t] = time_text(t)
-        return out
-
-    def qualities(parent: etree._Element, bits: int) -> None:
-        for flag, code in rq_flags:
-            if bits & flag:
-                q = b.sub(parent, "ReadingQualities")
-                b.sub(q, "ReadingQualityType", ref=code)
-                used_rq.add(code)
-
-    for p in points:
-        mr = b.sub(root, "MeterReading")
-        rows_by_sub: dict[int, list[SeriesRow]] = defaultdict(list)
-        for row in series.get(p.ld_id, []):
-            rows_by_sub[row.sub_number].append(row)
-        regs = registers.get(p.group_id, [])
-        blocks: list[tuple[codes.ReadingTypeRow, list[SeriesRow]]] = []
-        readings: list[tuple[codes.ReadingTypeRow, list[SeriesRow]]] = []
-        for reg in regs:
-            for rt in types:
-                if rt.obis != reg.obis:
-                    continue
-                if rt.role == "interval" and reg.kind == "cumulative":
-                    blocks.append((rt, rows_by_sub.get(reg.sub_number, [])))
-                elif rt.role == "register" and _first_register_type(types, reg.obis) is rt:
-                    readings.append((rt, rows_by_sub.get(reg.sub_number, [])))
-        for rt, rows in blocks:
-            used_types[rt.mrid] = rt
-            block = b.sub(mr, "IntervalBlocks")
-            for row in rows:
-                ir = sub(block, ir_tag)
-                sub(ir, ts_tag).text = stamp(row.measured_time)
-                if row.increment is not None:
-                    sub(ir, value_tag).text = number_text(float(row.increment))
-                if row.quality & _NOT_VALID:
-                    qualities(ir, row.quality & _NOT_VALID)
-            b.sub(block, "ReadingType", ref=rt.mrid)
-        meter = b.sub(mr, "Meter")
-        b.sub(meter, "mRID", p.pd_id or p.serial or str(p.device_key))
-        if p.serial:
-            b.sub(meter, "serialNumber", p.serial)
-        for rt, rows in readings:
-            used_types[rt.mrid] = rt
-            for row in rows:
-                r = sub(mr, r_tag)
-                sub(r, ts_tag).text = stamp(row.measured_time)
-                if row.register_value is not None:
-                    sub(r, value_tag).text = number_text(float(row.register_value))
-                if row.quality & _NOT_VALID:
-                    qualities(r, row.quality & _NOT_VALID)
-                sub(r, rt_tag, ref=rt.mrid)
-        up = b.sub(mr, "UsagePoint")
-        b.sub(up, "mRID", p.ld_id)
-    for code in sorted(used_rq):
-        system, category, index = code.split(".")
-        q = b.sub(root, "ReadingQualityType")
-        b.sub(q, "mRID", code)
-        b.sub(q, "category", category)
-        b.sub(q, "subCategory", index)
-        b.sub(q, "systemId", system)
-        b.name(q, RQ_NAMES.get(code, code))
-    for rt in used_types.values():
-        _reading_type(b, root, rt)
-    return root
-
-
-_NOT_VALID = ~int(Quality.VALID)
-
-
-@functools.cache
-def _quality_flags() -> tuple[tuple[int, str], ...]:
-    """(quality bit, ReadingQualityType code) of every flag that has a code, in flag order."""
-    rq_codes = codes.quality_codes()
-    return tuple((int(flag), rq_codes[name]) for flag, name in FLAG_NAMES.items() if name in rq_codes)
-
-
-def _first_register_type(types: list[codes.ReadingTypeRow], obis: str) -> codes.ReadingTypeRow | None:
-    """One register ReadingType per register (the first the request or the table names)."""
-    return next((t for t in types if t.obis == obis and t.role == "register"), None)
-
-
-def _reading_type(b: Builder, root: etree._Element, rt: codes.ReadingTypeRow) -> None:
-    f = rt.fields()
-    el = b.sub(root, "ReadingType")
-    b.sub(el, "mRID", rt.mrid)
-    for name in ("accumulation", "aggregate", "commodity", "consumptionTier", "cpp", "currency", "flowDirection",
-                 "macroPeriod", "measurementKind", "measuringPeriod", "multiplier", "phases", "tou", "unit"):
-        b.sub(el, name, f[name])
-    if f["argumentDenominator"] != "0":
-        arg = b.sub(el, "argument")
-        b.sub(arg, "denominator", f["argumentDenominator"])
-        b.sub(arg, "numerator", f["argumentNumerator"])
-    if f["interharmonicDenominator"] != "0":
-        ih = b.sub(el, "interharmonic")
-        b.sub(ih, "denominator", f["interharmonicDenominator"])
-        b.sub(ih, "numerator", f["interharmonicNumerator"])
-    b.name(el, rt.name)
-
-
 # ingest ----------------------------------------------------------------------------------------
 
 _KEPT_QUALITY = ~int(Quality.VALID | Quality.MISSING)
 """Quality bits a partner's ReadingQualities may set on stored rows (plain int: enum arithmetic per
 reading would cost more than the rest of its mapping)."""
+_INFINITE = (float("inf"), float("-inf"))
 MAX_REFUSED_LISTED = 100
 """Refused readings listed one by one in the reply; the rest are counted in one Error."""
+PIPELINE_METERS = 250
+"""MeterReading elements mapped per step of an ingest; a step is mapped while the one before it is
+stored (storing runs off the event loop, much of it in the database driver without the GIL)."""
 
 
 @functools.cache
@@ -262,8 +147,21 @@ async def create(edge: CimEdge, msg: Message) -> Outcome:
         batches = ([mr for mrs in validated for mr in kids(mrs, "MeterReading")],)
     done = _Ingest()
     source = ("cim:" + (msg.header.source or "external"))[:32]
-    for batch in batches:
-        await _ingest_batch(edge, batch, source, out, done)
+    storing: asyncio.Task[None] | None = None
+    try:
+        for batch in batches:
+            for first in range(0, len(batch), PIPELINE_METERS):
+                mapped = await _map_batch(edge, batch[first:first + PIPELINE_METERS], out, done)
+                if storing is not None:
+                    await storing
+                storing = asyncio.create_task(_store_batch(edge, *mapped, source, out, done))
+        if storing is not None:
+            await storing
+    finally:  # a step that failed to map: the step being stored is finished first, never left running
+        if storing is not None and not storing.done():
+            await asyncio.wait([storing])
+            if not storing.cancelled():
+                storing.exception()
     if done.rejected > MAX_REFUSED_LISTED:
         out.fail("invalid-object", f"{done.rejected - MAX_REFUSED_LISTED} more readings refused")
     out.done = done.reads - done.rejected
@@ -273,11 +171,13 @@ async def create(edge: CimEdge, msg: Message) -> Outcome:
     return out
 
 
-async def _ingest_batch(edge: CimEdge, batch: list[etree._Element], source: str, out: Outcome,
-                        done: _Ingest) -> None:
-    """Map one batch of MeterReading elements to register reads and store them."""
+async def _map_batch(edge: CimEdge, batch: list[etree._Element], out: Outcome,
+                     done: _Ingest) -> tuple[list[Read], list[tuple[str, int, datetime, int]]]:
+    """The register reads and kept quality flags of one batch of MeterReading elements."""
+    reads: list[Read] = []
+    flags: list[tuple[str, int, datetime, int]] = []
     if not batch:
-        return
+        return reads, flags
     ns = etree.QName(batch[0]).namespace
     up_tag, meter_tag = f"{{{ns}}}UsagePoint", f"{{{ns}}}Meter"
     entries: list[tuple[etree._Element, list[str], list[str]]] = []
@@ -293,8 +193,6 @@ async def _ingest_batch(edge: CimEdge, batch: list[etree._Element], source: str,
         for n in {p.ld_id, p.pd_id, p.serial, str(p.device_key)} - {None}:
             by_name[n].append(p)  # type: ignore[index]
     registers = await hub.run(hub.cim_reads.registers, {p.group_id for p in points})
-    reads: list[RegisterRead] = []
-    flags: list[tuple[str, int, datetime, int]] = []
     mapper = _Mapper(ns, out, reads, flags)
     for mr, ups, meters in entries:
         done.meter_readings += 1
@@ -306,7 +204,14 @@ async def _ingest_batch(edge: CimEdge, batch: list[etree._Element], source: str,
                      object_type="UsagePoint", xpath=where)
             continue
         mapper.meter(mr, point, {r.obis: r.sub_number for r in registers.get(point.group_id, [])}, where)
-    report = await hub.run(hub.collection.ingest_reads, reads, source) if reads else \
+    return reads, flags
+
+
+async def _store_batch(edge: CimEdge, reads: list[Read], flags: list[tuple[str, int, datetime, int]], source: str,
+                       out: Outcome, done: _Ingest) -> None:
+    """Store the reads of one mapped batch and their quality flags; add up what happened."""
+    hub = edge.hub
+    report = await hub.run(hub.collection.ingest_values, reads, source) if reads else \
         {"received": 0, "stored": 0, "duplicates": 0, "filled": 0, "rejected": []}
     for r in report["rejected"][:max(0, MAX_REFUSED_LISTED - done.rejected)]:
         out.fail("invalid-object", f"{r['ld_id']} register {r['sub_number']} at {r['measured_time']}: {r['reason']}",
@@ -323,7 +228,7 @@ class _Mapper:
     """Register reads of MeterReading elements of one profile namespace (the per-reading work of
     an ingest: element lookups by full tag, each distinct timeStamp parsed once)."""
 
-    def __init__(self, ns: str | None, out: Outcome, reads: list[RegisterRead],
+    def __init__(self, ns: str | None, out: Outcome, reads: list[Read],
                  flags: list[tuple[str, int, datetime, int]]) -> None:
         t = (lambda name: f"{{{ns}}}{name}") if ns else (lambda name: name)
         self.readings, self.blocks, self.interval = t("Readings"), t("IntervalBlocks"), t("IntervalReadings")
@@ -339,12 +244,12 @@ class _Mapper:
         return rt.get("ref") if rt is not None else None
 
     def meter(self, mr: etree._Element, point: MeteringPoint, subs: dict[str, int], where: str) -> None:
+        """Append the register reads of one MeterReading (of ``point``); refusals go to the outcome."""
         groups: list[tuple[str | None, list[etree._Element], str]] = [
             (self._code(r), [r], f"{where}/Readings") for r in mr.iterchildren(self.readings)]
         groups += [(self._code(b), list(b.iterchildren(self.interval)), f"{where}/IntervalBlocks")
                    for b in mr.iterchildren(self.blocks)]
         refused: set[str] = set()
-        keep = _KEPT_QUALITY
         for code, elements, path in groups:
             rt = self.known.get(code or "")
             if rt is None or not rt.ingest or rt.obis not in subs:
@@ -356,29 +261,50 @@ class _Mapper:
                                   f"{path}: ReadingType {code} {why}", obj=code or "", object_type="ReadingType",
                                   xpath=path)
                 continue
-            sub = subs[rt.obis]
-            for el in elements:
-                stamp = el.findtext(self.stamp)
+            self._values(elements, point.ld_id, subs[rt.obis], path)
+
+    def _values(self, elements: list[etree._Element], ld_id: str, sub: int, path: str) -> None:
+        """The reads of one register's Reading / IntervalReadings elements: each element's children
+        looked at once (a lookup by path per field cost more than the rest of the mapping)."""
+        stamp_tag, value_tag, qualities_tag = self.stamp, self.value, self.qualities
+        times, append, keep = self.times, self.reads.append, _KEPT_QUALITY
+        for el in elements:
+            stamp = raw = None
+            bits = 0
+            for c in el:
+                tag = c.tag
+                if tag == stamp_tag:
+                    if stamp is None:
+                        stamp = c.text or ""
+                elif tag == value_tag:
+                    if raw is None:
+                        raw = c.text or ""
+                elif tag == qualities_tag:
+                    rq = c.find(self.quality_type)
+                    bits |= self.bits.get(rq.get("ref") or "", 0) if rq is not None else 0
+            t = times.get(stamp) if stamp is not None else None
+            if t is None:
                 stamp = stamp.strip() if stamp else None
                 if not stamp:
-                    self.out.fail("invalid-object", f"{path}: a reading without timeStamp", obj=point.ld_id,
+                    self.out.fail("invalid-object", f"{path}: a reading without timeStamp", obj=ld_id,
                                   object_type="UsagePoint", xpath=path)
                     continue
-                t = self.times.get(stamp)
+                t = times.get(stamp)
                 if t is None:
-                    t = self.times[stamp] = parse_time(stamp, f"{path}/timeStamp")
-                raw = el.findtext(self.value)
-                value = decimal(raw.strip() or None, f"{path}/value") if raw is not None else None
-                bits = 0
-                if len(el) > 2:
-                    for q in el.iterchildren(self.qualities):
-                        rq = q.find(self.quality_type)
-                        bits |= self.bits.get(rq.get("ref") or "", 0) if rq is not None else 0
+                    t = times[stamp] = parse_time(stamp, f"{path}/timeStamp")
+            if raw is None:
+                continue  # a known-missing read: nothing to store
+            try:
+                value = float(raw)
+            except ValueError:
+                value = None
+            if value is None or value != value or value in _INFINITE:
+                value = decimal(raw.strip() or None, f"{path}/value")  # refuses what is not a finite number
                 if value is None:
-                    continue  # a known-missing read: nothing to store
-                self.reads.append(RegisterRead(point.ld_id, sub, t, value))
-                if bits & keep:
-                    self.flags.append((point.ld_id, sub, t, bits & keep))
+                    continue
+            append((ld_id, sub, t, value))
+            if bits & keep:
+                self.flags.append((ld_id, sub, t, bits & keep))
 
 
 def _pick(by_name: dict[str, list[MeteringPoint]], ups: list[str], meters: list[str]) -> MeteringPoint | None:
