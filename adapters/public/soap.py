@@ -19,6 +19,7 @@ from lxml import etree
 from adapters import xmlsafe
 from pydantic import ValidationError
 from spyne import Application, Array, ComplexModel, Date, DateTime, Double, Fault, Integer, ServiceBase, Unicode, rpc
+import spyne.const
 from spyne.const import http
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
@@ -30,6 +31,11 @@ from hub.services.public import AggregateQuery, Period, QualityQuery, SeriesQuer
 from hub.services.public_sensors import SensorQuery
 
 log = logging.getLogger("mdmhub.public.soap")
+
+# spyne runs a full gc.collect() when it closes a request's context, at most once a second: on a
+# hub with a large heap that stalls every edge for whole seconds whenever faults come steadily
+# (bad clients, a scan). Python's own collector is enough.
+spyne.const.MIN_GC_INTERVAL = float("inf")
 TNS = "urn:mdmhub:public:1"
 ENV_HUB, ENV_CALLER = "mdmhub.hub", "mdmhub.caller"
 
