@@ -58,6 +58,13 @@ def _service_error(out: Outcome, exc: ServiceError, label: str, object_type: str
     out.fail(key, f"{label}: {exc}", obj=label, object_type=object_type)
 
 
+def _invalid_meter(out: Outcome, exc: ValidationError, n: int, label: str) -> None:
+    """A Meter whose fields the service refused: its first error, with the element's xpath."""
+    first = exc.errors()[0]
+    out.fail("invalid-object", f"Meter[{n}] {label}: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+             obj=label, object_type="Meter", xpath=f"MeterConfig/Meter[{n}]")
+
+
 async def create_meter(edge: CimEdge, msg: Message) -> Outcome:
     out = Outcome()
     for n, meter in enumerate(_elements(edge, msg, "MeterConfig", "Meter"), start=1):
@@ -73,9 +80,7 @@ async def create_meter(edge: CimEdge, msg: Message) -> Outcome:
             reg = DeviceRegistration.model_validate({k: v for k, v in record.items() if v is not None})
             view = await edge.hub.run(edge.hub.registry.register, reg)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            out.fail("invalid-object", f"Meter[{n}] {label}: {'.'.join(map(str, first['loc']))}: {first['msg']}",
-                     obj=label, object_type="Meter", xpath=f"MeterConfig/Meter[{n}]")
+            _invalid_meter(out, exc, n, label)
             continue
         except ServiceError as exc:
             _service_error(out, exc, label, "Meter")
@@ -150,9 +155,7 @@ async def change_meter(edge: CimEdge, msg: Message) -> Outcome:
             data = ProvisioningUpdate.model_validate(update)
             await edge.hub.run(edge.hub.provisioning.update, "physical-device", found[0], data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            out.fail("invalid-object", f"Meter[{n}] {label}: {'.'.join(map(str, first['loc']))}: {first['msg']}",
-                     obj=label, object_type="Meter", xpath=f"MeterConfig/Meter[{n}]")
+            _invalid_meter(out, exc, n, label)
             continue
         except ServiceError as exc:
             _service_error(out, exc, label, "Meter")
