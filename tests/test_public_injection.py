@@ -68,8 +68,10 @@ PATH_BASELINE = {"customer_id": OWN_CUSTOMER, "kind": "customer", "subject": OWN
 QUERY_BASELINE = {"from": PERIOD["from"], "to": PERIOD["to"], "kind": "temperature"}
 """Values of the query parameters some routes require (the others are left out of the baseline)."""
 
-GROWING = {"access_log", "portal_session"}
-"""Tables every request may add to (the access log row of the request, the sweep's own login)."""
+GROWING = {"access_log", "portal_session", "usage_rollup", "usage_rollup_slot", "usage_rollup_stale"}
+"""Tables every request may add to (the access log row of the request, the sweep's own login, and
+the usage rollup an aggregate brings up to date: totals derived from usage_history, whose stored
+energy is compared)."""
 
 
 async def seed(hub: Hub, clock, client) -> dict[str, Any]:  # type: ignore[no-untyped-def]

@@ -25,6 +25,7 @@ from hub.model.customers import (
     PortalAccount,
 )
 from hub.model.history import Alert, Certificate, QuoteHistory, UsageHistory
+from hub.model.usage_rollup import UsageRollup, UsageRollupSlot, UsageRollupStale, UsageRollupState
 from hub.model.usage_versions import UsageVersion
 from hub.model.topology import (
     Concentrator,
@@ -45,5 +46,6 @@ __all__ = [
     "Concentrator", "ConcentratorComms", "ConcentratorType", "CorrectionParameter", "Customer",
     "CustomerLogicalDevice", "DisplayTerminal", "FiapOutbox", "FiapPoint", "FiapValue", "HeadEnd", "LogicalDevice", "LogicalDeviceType",
     "MessageOutbox", "MessageReceipt", "ParameterGroup", "ParameterGroupItem", "PhysicalDevice", "PhysicalDeviceComms",
-    "PhysicalDeviceType", "PortalAccount", "QuoteHistory", "UsageHistory", "UsageVersion", "metadata",
+    "PhysicalDeviceType", "PortalAccount", "QuoteHistory", "UsageHistory", "UsageRollup", "UsageRollupSlot", "UsageRollupStale",
+    "UsageRollupState", "UsageVersion", "metadata",
 ]

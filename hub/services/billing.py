@@ -29,6 +29,7 @@ from hub.services.errors import FieldError, InvalidInput, NotFound
 from hub.services.estimation import ESTIMATED_STATUS, Limits, Snapshot
 from hub.services.quality import FLAG_NAMES, Quality, quality_names
 from hub.services.usage import estimates_between
+from hub.services.usage_rollup import UsageRollupService
 from hub.services.usage_versions import add_version
 
 Kind = Literal["ONTIME", "PAST"]
@@ -556,6 +557,8 @@ class BillingService:
                             ("quote_history", self.settings.quote_retention_days)):
             cutoff = now - timedelta(days=days)
             out[table] = {"before": cutoff.isoformat(), "deleted": self._purge(table, cutoff)}
+        usage_cutoff = now - timedelta(days=self.settings.usage_retention_days)
+        out["usage_rollup"] = {"before": usage_cutoff.isoformat(), "deleted": UsageRollupService(self.db).purge(usage_cutoff)}
         return out
 
     def _purge(self, table: str, cutoff: datetime) -> int:

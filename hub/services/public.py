@@ -32,6 +32,7 @@ from hub.db import Database
 from hub.model import (AdrAction, AdrEvent, Cluster, CustomerLogicalDevice, LogicalDevice, QuoteHistory, UsageHistory,
                        UsageVersion)
 from hub.services.access import Caller, Forbidden
+from hub.services.usage_rollup import Totals, UsageRollupService
 
 PUBLIC = "public:read"
 CUSTOMER = "customer:read"
@@ -119,6 +120,7 @@ class PublicDataService:
 
     def __init__(self, db: Database, privacy: PrivacySection) -> None:
         self.db = db
+        self.rollup = UsageRollupService(db)
         self.privacy = privacy
         self.tz = ZoneInfo(privacy.timezone)
 
@@ -157,10 +159,69 @@ class PublicDataService:
             conds.append(group_col == group)
         return group_col, conds
 
+    def _rollup_groups(self, caller: Caller, group_by: str, group: str | None) -> set[str] | None | Literal["live"]:
+        """The groups to read from the rollup (None: all), or ``"live"`` when the rollup cannot answer:
+        a caller who sees only some clusters of an area gets that area's total over those clusters,
+        and its distinct customers cannot be added up from cluster totals."""
+        with self.db.session() as s:
+            visible = self._visible_clusters(s, caller)
+            if visible is None:
+                groups = None
+            elif group_by == "cluster":
+                groups = set(visible)
+            else:
+                clusters_of: dict[str, set[str]] = defaultdict(set)
+                for cluster_id, area in s.execute(select(Cluster.cluster_id, Cluster.area)
+                                                  .where(Cluster.area.is_not(None))):
+                    clusters_of[area].add(cluster_id)
+                seen = {a for a, cs in clusters_of.items() if cs & visible}
+                if any(not clusters_of[a] <= visible for a in seen):
+                    return "live"
+                groups = seen
+        if group is not None:
+            groups = {group} if groups is None else groups & {group}
+        return groups
+
+    def _day_of(self, t: datetime) -> datetime:
+        """The local day (its midnight, in the zone) a slot ending at ``t`` belongs to: (midnight, midnight]."""
+        local = (t - timedelta(microseconds=1)).astimezone(self.tz)
+        return local.replace(hour=0, minute=0, second=0, microsecond=0)
+
+    def _rolled_up(self, caller: Caller, group_by: str, group: str | None, period: Period,
+                   sub_number: int | None) -> list[tuple[str, int, datetime, Totals]] | None:
+        """The rollup's totals for the period (refreshed first), or None when the live query must answer."""
+        groups = self._rollup_groups(caller, group_by, group)
+        if groups == "live":
+            return None
+        lo, hi = period.from_.astimezone(UTC), period.to.astimezone(UTC)
+        self.rollup.refresh(lo, hi)
+        return self.rollup.read(group_by, groups, lo, hi, sub_number)  # type: ignore[arg-type]
+
     # --- usage aggregates ---------------------------------------------------------------------
     def usage_aggregate(self, caller: Caller, q: AggregateQuery) -> dict[str, Any]:
-        """Energy per group and slot/day; buckets under k distinct customers are suppressed."""
+        """Energy per group and slot/day; buckets under k distinct customers are suppressed.
+
+        Read from the usage rollup. A day's ``meters`` and ``customers`` are the largest of its slots'
+        (a day's buckets are checked against k by its slots, never by a union no slot reached)."""
         caller.require(PUBLIC)
+        rows = self._rolled_up(caller, q.group_by, q.group, q, q.sub_number)
+        if rows is None:
+            return self._live_usage_aggregate(caller, q)
+        buckets: dict[tuple[str, datetime], dict[str, Any]] = {}
+        for g, _sub, t, tot in rows:
+            start = t if q.resolution == "slot" else self._day_of(t)
+            b = buckets.get((g, start))
+            if b is None:
+                buckets[(g, start)] = {"group": g, "period_start": start, "energy_kwh": tot.energy,
+                                       "meters": tot.meters, "customers": tot.customers}
+                continue
+            if tot.energy is not None:
+                b["energy_kwh"] = (b["energy_kwh"] or 0.0) + tot.energy
+            b["meters"], b["customers"] = max(b["meters"], tot.meters), max(b["customers"], tot.customers)
+        return self._publish(buckets, q.resolution, q.group_by, "energy_kwh")
+
+    def _live_usage_aggregate(self, caller: Caller, q: AggregateQuery) -> dict[str, Any]:
+        """The aggregate straight from usage_history (for callers who see part of an area)."""
         u = UsageHistory
         with self.db.session() as s:
             group_col, conds = self._group_filters(s, caller, q.group_by, q.group)
@@ -229,8 +290,28 @@ class PublicDataService:
 
     # --- data quality -------------------------------------------------------------------------
     def quality_summary(self, caller: Caller, q: QualityQuery) -> dict[str, Any]:
-        """Snapshot status counts (normal / missing / re-collected) per group and day."""
+        """Snapshot status counts (normal / missing / re-collected) per group and day, every register
+        counted; from the usage rollup, a day's customers being the most of any of its slots."""
         caller.require(PUBLIC)
+        rows = self._rolled_up(caller, q.group_by, q.group, q, None)
+        if rows is None:
+            return self._live_quality_summary(caller, q)
+        buckets: dict[tuple[str, datetime], dict[str, Any]] = {}
+        for g, _sub, t, tot in rows:
+            start = self._day_of(t)
+            b = buckets.setdefault((g, start), {"group": g, "period_start": start, "normal": 0, "missing": 0,
+                                                "recollected": 0, "missing_rate": None, "customers": 0})
+            b["normal"] += tot.normal
+            b["missing"] += tot.missing
+            b["recollected"] += tot.recollected
+            b["customers"] = max(b["customers"], tot.customers)
+        for b in buckets.values():
+            total = b["normal"] + b["missing"] + b["recollected"]
+            b["missing_rate"] = round(b["missing"] / total, 6) if total else None
+        return self._publish(buckets, "day", q.group_by, "missing_rate")
+
+    def _live_quality_summary(self, caller: Caller, q: QualityQuery) -> dict[str, Any]:
+        """The quality summary straight from usage_history (for callers who see part of an area)."""
         u = UsageHistory
         with self.db.session() as s:
             group_col, conds = self._group_filters(s, caller, q.group_by, q.group)

@@ -36,6 +36,7 @@ from hub.model import (
 from hub.services.admin import device_counts
 from hub.services.assignment import strategy
 from hub.services.errors import Conflict, FieldError, InvalidInput
+from hub.services.usage_rollup import bump_generation
 from hub.services.validation import BusinessKey, DeviceId, MacAddress
 
 MAX_REPORTED_ERRORS = 1000
@@ -407,6 +408,8 @@ def _copy_postgresql(s: Session, prepared: list[_Prepared], now: datetime) -> li
         with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(tuple(row.values()))
+        if table == "logical_device" and any(row.get("cluster_id") for row in rows):
+            bump_generation(s.connection())  # COPY bypasses the session events that do it otherwise
     return keys
 
 

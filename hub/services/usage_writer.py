@@ -38,6 +38,7 @@ from hub.db import Database, UTCDateTime, utcnow
 from hub.model import CollectionLog, QuoteHistory, UsageHistory
 from hub.ports import SLOT_SECONDS, RegisterRead
 from hub.services.quality import Quality
+from hub.services.usage_rollup import mark_written
 
 SLOT = timedelta(seconds=SLOT_SECONDS)
 LOOKBACK = timedelta(days=1)
@@ -348,6 +349,8 @@ class UsageWriter:
                          where=" AND usage_history.status = 'missing'")
             usage.update(("recollected_increment", "quality", "updated_at"), ("ld_id", "sub_number", "measured_time"),
                          recalcs)
+            if inserts or fills or recalcs:
+                mark_written(conn, times)  # the public aggregates' rollup of these slots is stale now
 
         result.filled, result.recalculated = len(fills), len(recalcs)
         keep = result.rows.append if keep_rows else None
