@@ -59,10 +59,12 @@ class UsageRollupSlot(SQLModel, table=True):
 class UsageRollupStale(SQLModel, table=True):
     """A slot whose usage rows changed after it was rolled up. One row per writing transaction and
     slot, never updated: a roll-up removes exactly the rows it saw, so a write that commits while
-    it runs stays marked."""
+    it runs stays marked. The newest id tells a reader whether anything was written since it last
+    looked."""
 
     __tablename__ = "usage_rollup_stale"
-    __table_args__ = (Index("ix_usage_rollup_stale_measured_time", "measured_time"),)
+    __table_args__ = (Index("ix_usage_rollup_stale_measured_time", "measured_time"),
+                      {"sqlite_autoincrement": True})  # ids never reused: readers compare the newest id
     id: int | None = Field(default=None, primary_key=True)
     measured_time: datetime = Field(sa_type=UTCDateTime)
 

@@ -36,6 +36,8 @@ ROLLUP: Any = UsageRollup.__table__  # type: ignore[attr-defined]
 COVERED: Any = UsageRollupSlot.__table__  # type: ignore[attr-defined]
 STALE: Any = UsageRollupStale.__table__  # type: ignore[attr-defined]
 STATE: Any = UsageRollupState.__table__  # type: ignore[attr-defined]
+FRESH_PERIODS_KEPT = 256
+"""Periods last found fresh, remembered while nothing is written (a check is then one query)."""
 ADVISORY_LOCK = 0x6D64_6D72  # one refresh at a time across a server store's processes
 GROUPING_MODELS = (LogicalDevice, Cluster, CustomerLogicalDevice)
 WATCHED = {LogicalDevice: ("cluster_id", "ld_id"), Cluster: ("area", "cluster_id"),
@@ -126,10 +128,30 @@ class UsageRollupService:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._lock = threading.Lock()
+        self._fresh_token: tuple[int, int] | None = None
+        self._fresh: set[tuple[datetime, datetime]] = set()
+        self._fresh_lock = threading.Lock()
 
     # freshness
     def _generation(self, conn: Connection) -> int:
         return conn.execute(select(func.coalesce(func.max(STATE.c.generation), 0))).scalar_one()
+
+    @staticmethod
+    def _token(conn: Connection) -> tuple[int, int]:
+        """(generation, newest stale mark): unchanged, nothing was written or regrouped since."""
+        row = conn.execute(select(select(func.coalesce(func.max(STATE.c.generation), 0)).scalar_subquery(),
+                                  select(func.coalesce(func.max(STALE.c.id), 0)).scalar_subquery())).one()
+        return row[0], row[1]
+
+    def _known_fresh(self, token: tuple[int, int], period: tuple[datetime, datetime]) -> bool:
+        with self._fresh_lock:
+            return token == self._fresh_token and period in self._fresh
+
+    def _remember_fresh(self, token: tuple[int, int], period: tuple[datetime, datetime]) -> None:
+        with self._fresh_lock:
+            if token != self._fresh_token or len(self._fresh) >= FRESH_PERIODS_KEPT:
+                self._fresh_token, self._fresh = token, set()
+            self._fresh.add(period)
 
     def _needed(self, conn: Connection, lo: datetime, hi: datetime) -> tuple[int, list[datetime], list[int]]:
         """(generation, grid slots of (lo, hi] to roll up, stale-mark ids they consume)."""
@@ -149,7 +171,11 @@ class UsageRollupService:
     def refresh(self, lo: datetime, hi: datetime) -> int:
         """Roll up the slots of (lo, hi] that are not fresh; returns how many were rolled up."""
         with self.db.reader() as conn:
+            token = self._token(conn)
+            if self._known_fresh(token, (lo, hi)):
+                return 0
             if not self._needed(conn, lo, hi)[1]:
+                self._remember_fresh(token, (lo, hi))
                 return 0
         with self._lock, self.db.session() as s:
             conn = s.connection()

@@ -42,7 +42,8 @@ def upgrade() -> None:
     op.create_table('usage_rollup_stale',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('measured_time', hub.db.UTCDateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_usage_rollup_stale'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_usage_rollup_stale')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('usage_rollup_stale', schema=None) as batch_op:
         batch_op.create_index('ix_usage_rollup_stale_measured_time', ['measured_time'], unique=False)
