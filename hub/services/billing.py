@@ -6,6 +6,11 @@ on both stores: exports stream tuples from a server-side cursor into ``csv.write
 pseudo-billing are set-based updates in batches. Raw usage rows are only ever read (and purged):
 billing results, imports and corrections live in ``quote_history``, and a correction is also kept
 as a usage version (:mod:`hub.services.usage_versions`). The file layout is in docs/billing.md.
+
+A usage row's quote row is created empty with it by the scheduled collection, but pushed reads
+(:mod:`hub.services.usage_writer`: bulk 61968-9 MeterReadings, IEEE 1888, MQTT) come without one, so
+billing creates the quote rows of usage rows that have none when it first imports, prices or corrects
+them (:func:`_add_missing_quotes`, the same empty row the collection would have written).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from hub.services.quality import FLAG_NAMES, Quality, quality_names
 from hub.services.usage import estimates_between
 from hub.services.usage_rollup import UsageRollupService
 from hub.services.usage_versions import add_version
+from hub.services.usage_writer import insert_ignore
 
 Kind = Literal["ONTIME", "PAST"]
 KINDS: tuple[Kind, ...] = ("ONTIME", "PAST")
@@ -44,6 +50,31 @@ _IN_CHUNK = 1000
 _COMMON_QUALITY = (Quality.VALID, Quality.MISSING, Quality.VALID | Quality.RECOLLECTED)
 _PURGE_STEP = {"usage_history": timedelta(hours=2), "usage_version": timedelta(days=1),
                "quote_history": timedelta(days=1)}
+
+
+_QUOTES_OF_USAGE = text(
+    "INSERT INTO quote_history (ld_id, sub_number, measured_time, source, corrected, updated_at) "
+    "SELECT u.ld_id, u.sub_number, u.measured_time, u.source, :corrected, :now FROM usage_history u "
+    "WHERE u.measured_time >= :lo AND u.measured_time < :hi ON CONFLICT DO NOTHING"
+).bindparams(*(bindparam(n, type_=UTCDateTime) for n in ("lo", "hi", "now")))
+"""The empty quote rows of a period's usage rows that have none (pushed reads): pseudo-billing's
+first step."""
+
+
+def _add_missing_quotes(s: Session, keys: list[tuple[str, int, datetime]], now: datetime) -> list[tuple[str, int, datetime]]:
+    """Create the empty quote rows of those ``keys`` (without a quote row) that have a usage row;
+    returns those keys."""
+    u = UsageHistory
+    rows = []
+    for i in range(0, len(keys), _IN_CHUNK):
+        chunk = keys[i:i + _IN_CHUNK]
+        rows += s.execute(select(u.ld_id, u.sub_number, u.measured_time, u.source).where(
+            tuple_(u.ld_id, u.sub_number, u.measured_time).in_(chunk))).all()
+    if rows:
+        insert_ignore(s.connection(), QuoteHistory.__table__,  # type: ignore[attr-defined]
+                      [{"ld_id": ld, "sub_number": sub, "measured_time": t, "source": source, "corrected": False,
+                        "updated_at": now} for ld, sub, t, source in rows])
+    return [(ld, sub, t) for ld, sub, t, _ in rows]
 
 
 def period_bound(value: str | date | datetime, *, end: bool = False) -> datetime:
@@ -341,7 +372,8 @@ class BillingService:
         ``estimated_charge``, ``co2_kg`` (at least one); other columns (the export's own) are ignored,
         so a reply may be the usage file with a charge column added. Only existing rows are updated,
         never inserted; unknown keys and bad cells are reported by line. A blank value cell leaves the
-        stored value as it is. Rows corrected by hand are kept and counted.
+        stored value as it is. Rows corrected by hand are kept and counted. A key with a usage row but
+        no quote row yet (a pushed read) gets its quote row first.
         """
         report = ImportReport()
         reader = csv.reader(iter(lines))
@@ -424,6 +456,8 @@ class BillingService:
                     tuple_(q.ld_id, q.sub_number, q.measured_time).in_(chunk))
                 for ld_id, sub, when, corrected in s.execute(stmt):
                     found[(ld_id, sub, when)] = corrected
+            for key in _add_missing_quotes(s, [k for k in keys if k not in found], now):
+                found[key] = False
             params = []
             for key in keys:
                 line, numbers = batch[key]
@@ -499,6 +533,7 @@ class BillingService:
             "AND quote_history.measured_time = s.measured_time AND quote_history.corrected = false"
         ).bindparams(*(bindparam(n, type_=UTCDateTime) for n in ("lo", "hi", "now")))
         with self.db.session() as s:
+            s.execute(_QUOTES_OF_USAGE, {"lo": lo, "hi": hi, "now": now, "corrected": False})
             return s.execute(stmt, params).rowcount or 0
 
     # -- manual correction (CORRECT_QUOTE) ---------------------------------------------------------
@@ -519,6 +554,8 @@ class BillingService:
         measured_time = measured_time.astimezone(UTC)
         with self.db.session() as s:
             row = s.get(QuoteHistory, (ld_id, sub_number, measured_time))
+            if row is None and _add_missing_quotes(s, [(ld_id, sub_number, measured_time)], utcnow()):
+                row = s.get(QuoteHistory, (ld_id, sub_number, measured_time))
             if row is None:
                 raise NotFound(f"no quote row for {ld_id}/{sub_number} at {measured_time.isoformat()}")
             rate = None

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select
 
 from hub.config import CollectionSection
 from hub.db import Database, UTCDateTime, utcnow
@@ -395,9 +395,14 @@ class CollectionService:
         refused and listed; the same reads stored twice change nothing."""
         return self.ingest_values([(r.ld_id, r.sub_number, r.measured_time, r.value) for r in reads], source, he_id)
 
-    def ingest_values(self, values: Iterable[Read], source: str, he_id: int | None = None) -> dict[str, Any]:
+    def ingest_values(self, values: Iterable[Read], source: str, he_id: int | None = None,
+                      conn: Connection | None = None) -> dict[str, Any]:
         """:meth:`ingest_reads` of reads given as plain (ld_id, sub_number, measured_time, value)
-        tuples: what bulk pushes use, a read object per value costing more than storing it."""
+        tuples: what bulk pushes use, a read object per value costing more than storing it.
+
+        Stored as pushed reads (usage rows alone: :mod:`hub.services.usage_writer`), in transactions
+        of :data:`INGEST_CHUNK` reads, or in ``conn``'s open transaction when given (the caller
+        commits or rolls back, e.g. a whole message only once it is known valid)."""
         values = list(values)
         registers = self._registers(list({v[0]: None for v in values}))
         subs = {ld: {reg.sub_number for reg in regs} for ld, regs in registers.items()}
@@ -425,7 +430,7 @@ class CollectionService:
         for i in range(0, len(accepted), INGEST_CHUNK):
             total.add(self.writer.store(expected=(), values=accepted[i:i + INGEST_CHUNK],
                                         cumulative=lambda ld, sub: (ld, sub) in cumulative, source=source,
-                                        he_id=he_id))
+                                        he_id=he_id, pushed=True, conn=conn))
         return {"received": len(values), "stored": total.inserted, "filled": total.filled,
                 "duplicates": total.duplicates, "rejected": rejected}
 

@@ -4,9 +4,10 @@ One entry point, :meth:`UsageWriter.store`, serves every way reads arrive (the s
 backfill from the meters' memory, re-collection, pushed readings). Given the snapshots a batch
 must account for (``expected``) and the values read, it
 
-- logs every read in ``collection_log`` (a read already logged is ignored);
+- logs every polled read in ``collection_log`` (a read already logged is ignored);
 - inserts a ``normal`` usage row for a value at a snapshot that has no row yet, and a ``missing``
-  row for an expected snapshot that has neither row nor value, each with its empty quote row;
+  row for an expected snapshot that has neither row nor value, each (when polled) with its empty
+  quote row;
 - fills a ``missing`` row that now has a value: ``register_value``, status ``recollected``, and the
   increment in ``recollected_increment``;
 - leaves rows that already hold a value alone (so storing the same reads twice changes nothing);
@@ -21,12 +22,21 @@ earlier value is not the previous slot's. So for every register the effective in
 
 All statements are plain INSERT ... ON CONFLICT DO NOTHING or keyed UPDATEs sent as one
 executemany each; no ORM objects are built.
+
+Pushed reads (``pushed=True``: what an edge hands in, 61968-9 MeterReadings, IEEE 1888 WRITE, MQTT
+units) write the usage rows alone. Their ``collection_log`` row would repeat the usage row (the
+value is its ``register_value``, the edge its ``source``, the time taken in its ``updated_at``), and
+nothing reads the log: it is the scheduled collection's record of what each run read from its
+head-end. Their quote rows are created by billing when it first imports, prices or corrects a slot
+(:mod:`hub.services.billing`), not empty with every row: bulk pushes of a day for a fleet are the
+hub's largest writes, and three indexed rows per reading cost three times one.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -280,12 +290,16 @@ class UsageWriter:
 
     def store(self, *, expected: Iterable[Key], reads: Iterable[RegisterRead] = (), values: Iterable[Read] = (),
               cumulative: Callable[[str, int], bool], source: str, he_id: int | None = None,
-              run_id: int | None = None, fill_status: str = "recollected", keep_rows: bool = False) -> WriteResult:
+              run_id: int | None = None, fill_status: str = "recollected", keep_rows: bool = False,
+              pushed: bool = False, conn: Connection | None = None) -> WriteResult:
         """Store one batch in one transaction (see the module docstring). Times must be aware.
 
         The values come as ``reads`` or as plain tuples in ``values`` (or both); the first value of
         a snapshot counts. ``fill_status`` is the status a missing row takes when a value arrives
-        for it; with ``keep_rows`` the result lists the batch's rows as stored (no read back needed)."""
+        for it; with ``keep_rows`` the result lists the batch's rows as stored (no read back needed).
+        ``pushed`` values (an edge's, not polled) get no ``collection_log`` row and no empty quote
+        row (see the module docstring). With ``conn`` the batch is written in that connection's open
+        transaction, which the caller commits or rolls back (several batches as one)."""
         norm = _Aware()
         given: dict[Key, float] = {}
         for r in reads:
@@ -301,8 +315,7 @@ class UsageWriter:
         if not keys:
             return result
         now = utcnow()
-        with self.db.session() as s:
-            conn = s.connection()
+        with self._transaction(conn) as conn:
             times = sorted({k[2] for k in keys})
             existing = self._rows_between(conn, keys, times[0], times[-1])
             new_values = {k: v for k, v in values.items() if k not in existing or existing[k].value is None}
@@ -322,7 +335,8 @@ class UsageWriter:
                     t_at = at[t]
                     inserts.append((ld_id, sub, t_at, new_values[key], increment, "normal", quality, None, source,
                                     now_at))
-                    quotes.append((ld_id, sub, t_at, source, False, now_at))
+                    if not pushed:
+                        quotes.append((ld_id, sub, t_at, source, False, now_at))
                 elif kind == "fill":
                     fills.append((new_values[key], increment, quality, fill_status, source, now, ld_id, sub, t))
                     result.filled_keys.append(key)
@@ -332,13 +346,15 @@ class UsageWriter:
             missing_quality = int(Quality.MISSING)
             for ld_id, sub, t in wanted - existing.keys() - values.keys():
                 inserts.append((ld_id, sub, at[t], None, None, "missing", missing_quality, None, source, now_at))
-                quotes.append((ld_id, sub, at[t], source, False, now_at))
+                if not pushed:
+                    quotes.append((ld_id, sub, at[t], source, False, now_at))
             result.missing_inserted = len(inserts) - result.inserted
 
-            _Binder(conn, LOG).insert_ignore(
-                ("ld_id", "sub_number", "measured_time", "value", "he_id", "source", "run_id", "received_at"),
-                [(ld_id, sub, at[t], v, he_id, source, run_id, now_at) for (ld_id, sub, t), v in new_values.items()],
-                converted=True)
+            if not pushed:
+                _Binder(conn, LOG).insert_ignore(
+                    ("ld_id", "sub_number", "measured_time", "value", "he_id", "source", "run_id", "received_at"),
+                    [(ld_id, sub, at[t], v, he_id, source, run_id, now_at) for (ld_id, sub, t), v in new_values.items()],
+                    converted=True)
             usage.insert_ignore(
                 ("ld_id", "sub_number", "measured_time", "register_value", "increment", "status", "quality",
                  "recollected_increment", "source", "updated_at"), inserts, converted=True)
@@ -374,6 +390,15 @@ class UsageWriter:
                 if key not in wanted:
                     keep((*key, new_values[key], chains[key][0], fill_status))
         return result
+
+    @contextmanager
+    def _transaction(self, conn: Connection | None) -> Iterator[Connection]:
+        """``conn`` as it is (its owner ends the transaction), else a transaction of its own."""
+        if conn is not None:
+            yield conn
+            return
+        with self.db.session() as s:
+            yield s.connection()
 
     # reading what is there ---------------------------------------------------------------------
 
