@@ -39,17 +39,19 @@ def _refuse_declarations(data: bytes) -> None:
         raise UnsafeXml("document type declarations and entities are not accepted")
 
 
-def iterparse(data: bytes, events: tuple[str, ...] = ("start", "end"),
-              tag: list[str] | None = None) -> Iterator[tuple[str, etree._Element]]:
+def iterparse(data: bytes, events: tuple[str, ...] = ("start", "end"), tag: list[str] | None = None,
+              schema: etree.XMLSchema | None = None) -> Iterator[tuple[str, etree._Element]]:
     """(event, element) pairs of ``data`` parsed incrementally under the same rules as :func:`parse`,
     so a caller can consume and drop elements of a large document as they complete (with no DTD,
     an entity reference can only be malformed). ``tag`` limits the events to those elements
     (lxml's filter, ``{*}name`` for any namespace); the whole document is still parsed and checked.
-    The last pair is ``("document", root)``. Raises :class:`UnsafeXml` or :class:`MalformedXml`
-    (possibly after some events)."""
+    The last pair is ``("document", root)``. With ``schema`` the document is validated as it is
+    parsed (libxml2's streaming validation): a violation raises :class:`MalformedXml` too. Raises
+    :class:`UnsafeXml` or :class:`MalformedXml` (possibly after some events)."""
     _refuse_declarations(data)
     checked = False
-    parser = etree.iterparse(io.BytesIO(data), events=events, tag=tag, **OPTIONS)
+    extra = {"schema": schema} if schema is not None else {}
+    parser = etree.iterparse(io.BytesIO(data), events=events, tag=tag, **OPTIONS, **extra)
     try:
         for event, el in parser:
             if not checked:

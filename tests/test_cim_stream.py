@@ -41,6 +41,7 @@ def lds(hub):
 def small_batches(monkeypatch):
     """Batches of BATCH MeterReadings, so a dozen meters already take several."""
     monkeypatch.setattr(stream, "BATCH_METERS", BATCH)
+    monkeypatch.setattr(stream, "SINGLE_PASS_METERS", BATCH)
 
 
 @pytest.fixture
@@ -85,19 +86,23 @@ async def test_steps_mapped_while_the_one_before_is_stored_are_stored_in_order(c
         assert [inc for _, _, inc in rows[ld]] == [None] + [pytest.approx(0.25 + n / 100)] * (SLOTS - 1)
 
 
-def test_the_read_keeps_only_the_envelope_and_batches_are_dropped_as_they_are_consumed(small_batches):
+@pytest.mark.parametrize("reader", ["two_pass", "read"])
+def test_the_read_keeps_only_the_envelope_and_batches_are_dropped_as_they_are_consumed(small_batches, reader):
+    """Two passes validate and drop the payload before the first batch; one pass (what ``read`` does
+    with a bare 2011 message) holds the envelope and lxml's read-ahead when it returns."""
     meters = 60  # about 300 KB: many times lxml's read-ahead
     body = created(meter_readings(day([f"LD-{n:06d}" for n in range(1, meters + 1)]), code=SNAPSHOT, interval=True))
-    parsed = stream.read(body)
+    parsed = getattr(stream, reader)(body)
     assert parsed.streamed is not None and parsed.streamed.violation is None
-    assert parsed.streamed.meter_readings == meters
+    assert parsed.streamed.single_pass == (reader == "read")
     (container,) = parsed.root.iter(f"{{{MR}}}MeterReadings")
-    assert len(container) == 0  # validated in batches, nothing of the payload kept
+    read_ahead = -(-READ_AHEAD_BYTES // (len(body) // meters)) + 1  # lxml parses the input in 32 KB chunks
+    assert len(container) == 0 if reader == "two_pass" else len(container) <= read_ahead
     sizes, held = [], []
     for batch in parsed.streamed.batches():
         sizes.append(len(batch))
         held.append(len(batch[0].getparent()))  # MeterReading elements in the tree at this point
-    read_ahead = -(-READ_AHEAD_BYTES // (len(body) // meters)) + 1  # lxml parses the input in 32 KB chunks
+    assert parsed.streamed.meter_readings == meters
     assert sizes == [BATCH] * (meters // BATCH) and max(held) <= BATCH + read_ahead < meters // 4
 
 
@@ -159,3 +164,43 @@ def test_other_messages_are_parsed_whole(lds, verb, extra, compress):
     parsed = stream.read(request(verb, "MeterReadings", f"<Payload>{payload}</Payload>", extra=extra))
     assert parsed.streamed is None
     assert len(list(parsed.root.iter(f"{{{MR}}}IntervalReadings"))) == (0 if compress else SLOTS)
+
+
+async def test_a_message_refused_late_is_not_remembered_and_a_corrected_copy_is_taken(cim, hub, lds, small_batches):
+    """Read in one pass, the violation is found after batches were stored: they are rolled back, and
+    the MessageID is free again, as it is when the violation is found before anything is taken."""
+    payload = meter_readings(day(lds), code=SNAPSHOT, interval=True)
+    last = payload.rindex("<m:MeterReading>")
+    broken = payload[:last] + "<m:MeterReading><m:Bogus/>" + payload[last + len("<m:MeterReading>"):]
+    assert stream.read(created(broken)).streamed.single_pass
+    reply = parse_reply(await post(cim, created(broken, message_id="day-2")))
+    assert result(reply) == "FAILED" and codes(reply) == ["1.4"]
+    assert not any(stored(hub, lds).values())
+    reply = parse_reply(await post(cim, created(payload, message_id="day-2")))
+    assert result(reply) == "OK", details(reply)
+    assert all(len(rows) == SLOTS for rows in stored(hub, lds).values())
+
+
+async def test_a_payload_the_one_pass_schema_narrows_out_is_taken_as_two_passes_take_it(cim, hub, lds, small_batches):
+    """The Payload may hold elements of other namespaces after the MeterReadings (the envelope does not
+    validate them); the one-pass schema allows MeterReadings only, so such a message is read again
+    in two passes, once its MeterReadings were seen, and stored whole."""
+    body = created(meter_readings(day(lds), code=SNAPSHOT, interval=True)
+                   + '<x:Note xmlns:x="urn:example:note">kept aside</x:Note>')
+    assert stream.read(body).streamed.single_pass
+    reply = parse_reply(await post(cim, body))
+    assert result(reply) == "OK", details(reply)
+    assert all(len(rows) == SLOTS for rows in stored(hub, lds).values())
+
+
+def test_a_cut_document_is_refused_by_the_one_pass_read(small_batches):
+    """lxml's validating iterparse ends a document cut short without an error: the read checks that
+    the message's root element was closed."""
+    body = created(meter_readings(day([f"LD-{n:06d}" for n in range(1, 13)]), code=SNAPSHOT, interval=True))
+    for cut in (len(body) - 1, len(body) - 200, len(body) // 2):
+        parsed = stream.read(body[:cut])
+        assert parsed.streamed.single_pass
+        with pytest.raises(stream.Refused):
+            for _ in parsed.streamed.batches():
+                pass
+        assert parsed.streamed.refusal()[0] == "malformed-xml"

@@ -24,13 +24,16 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from adapters.cim import codes
-from adapters.cim.envelope import Message, parse_time
+from adapters.cim import codes, stream
+from adapters.cim.envelope import EnvelopeError, Message, parse_time
 from adapters.cim.profile import Outcome, decimal, identifiers, kid, kids, refuse, unique, window
 from adapters.cim.readings_answer import build_meter_readings, sub_numbers
 from hub.services.quality import FLAG_NAMES, Quality
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from adapters.cim.stream import Streamed
     from adapters.cim.service import CimEdge
     from hub.runtime import Hub
     from hub.services.cim_readings import MeteringPoint
@@ -134,19 +137,60 @@ async def create(edge: CimEdge, msg: Message) -> Outcome:
     """``create MeterReadings`` and ``created MeterReadings``: store register values.
 
     The MeterReading elements are taken in batches: those of a streamed message as
-    :mod:`adapters.cim.stream` reads them (already validated), otherwise those of the validated
-    payload elements."""
+    :mod:`adapters.cim.stream` reads them, otherwise those of the validated payload elements. A
+    message read in two passes is known valid before its first batch, and is stored in transactions
+    of :data:`hub.services.collection.INGEST_CHUNK` reads; one read in one pass is validated as its
+    batches come, so it is stored in one transaction, committed after its last batch
+    (:func:`_create_in_one_transaction`)."""
+    streamed = msg.stream
+    if streamed is not None and streamed.single_pass:
+        return await _create_in_one_transaction(edge, msg, streamed)
     out = Outcome()
-    stream = msg.stream
-    if stream is not None:
-        batches: Iterable[list[etree._Element]] = stream.batches()
+    if streamed is not None:
+        batches: Iterable[list[etree._Element]] = streamed.batches()
     else:
         if not msg.payload or not msg.payload.elements:
             raise refuse("bad-request", "Payload must carry a MeterReadings element", "Payload")
         validated = [edge.payload(element, "MeterReadings") for element in msg.payload.elements]
         batches = ([mr for mrs in validated for mr in kids(mrs, "MeterReading")],)
     done = _Ingest()
-    source = ("cim:" + (msg.header.source or "external"))[:32]
+    await _ingest(edge, batches, _source(msg), out, done)
+    return _outcome(out, done)
+
+
+def _source(msg: Message) -> str:
+    return ("cim:" + (msg.header.source or "external"))[:32]
+
+
+async def _create_in_one_transaction(edge: CimEdge, msg: Message, streamed: Streamed) -> Outcome:
+    """A message read in one pass: its batches stored in one transaction, rolled back when the
+    document turns out invalid or cut short (:class:`adapters.cim.stream.Refused`; the refusal is
+    then the two-pass read's, and ``streamed.refused`` tells the edge not to remember the message as
+    taken, as it would not have taken it) or anything else fails; committed before the reply."""
+    hub = edge.hub
+    out, done = Outcome(), _Ingest()
+    tx = await hub.run(hub.cim_reads.transaction)
+    try:
+        await _ingest(edge, streamed.batches(), _source(msg), out, done, tx.conn)
+    except stream.Refused:
+        await hub.run(tx.rollback)
+        again = await hub.run(streamed.refusal)
+        if isinstance(again, stream.Parsed):  # the one-pass schema's narrowing refused what two passes take
+            msg.stream = again.streamed
+            return await create(edge, msg)
+        streamed.refused = True
+        raise EnvelopeError(*again) from None
+    except BaseException:
+        await asyncio.shield(hub.run(tx.rollback))
+        raise
+    await hub.run(tx.commit)
+    return _outcome(out, done)
+
+
+async def _ingest(edge: CimEdge, batches: Iterable[list[etree._Element]], source: str, out: Outcome, done: _Ingest,
+                  conn: Connection | None = None) -> None:
+    """Map and store ``batches``, :data:`PIPELINE_METERS` MeterReadings a step, each step mapped
+    while the one before it is stored (in ``conn``'s transaction when given)."""
     storing: asyncio.Task[None] | None = None
     try:
         for batch in batches:
@@ -154,7 +198,7 @@ async def create(edge: CimEdge, msg: Message) -> Outcome:
                 mapped = await _map_batch(edge, batch[first:first + PIPELINE_METERS], out, done)
                 if storing is not None:
                     await storing
-                storing = asyncio.create_task(_store_batch(edge, *mapped, source, out, done))
+                storing = asyncio.create_task(_store_batch(edge, *mapped, source, out, done, conn))
         if storing is not None:
             await storing
     finally:  # a step that failed to map: the step being stored is finished first, never left running
@@ -162,6 +206,9 @@ async def create(edge: CimEdge, msg: Message) -> Outcome:
             await asyncio.wait([storing])
             if not storing.cancelled():
                 storing.exception()
+
+
+def _outcome(out: Outcome, done: _Ingest) -> Outcome:
     if done.rejected > MAX_REFUSED_LISTED:
         out.fail("invalid-object", f"{done.rejected - MAX_REFUSED_LISTED} more readings refused")
     out.done = done.reads - done.rejected
@@ -208,16 +255,17 @@ async def _map_batch(edge: CimEdge, batch: list[etree._Element], out: Outcome,
 
 
 async def _store_batch(edge: CimEdge, reads: list[Read], flags: list[tuple[str, int, datetime, int]], source: str,
-                       out: Outcome, done: _Ingest) -> None:
-    """Store the reads of one mapped batch and their quality flags; add up what happened."""
+                       out: Outcome, done: _Ingest, conn: Connection | None = None) -> None:
+    """Store the reads of one mapped batch and their quality flags (in ``conn``'s transaction when
+    given); add up what happened."""
     hub = edge.hub
-    report = await hub.run(hub.collection.ingest_values, reads, source) if reads else \
+    report = await hub.run(hub.collection.ingest_values, reads, source, None, conn) if reads else \
         {"received": 0, "stored": 0, "duplicates": 0, "filled": 0, "rejected": []}
     for r in report["rejected"][:max(0, MAX_REFUSED_LISTED - done.rejected)]:
         out.fail("invalid-object", f"{r['ld_id']} register {r['sub_number']} at {r['measured_time']}: {r['reason']}",
                  obj=r["ld_id"], object_type="UsagePoint")
     if flags:
-        await hub.run(hub.cim_reads.add_quality, flags)
+        await hub.run(hub.cim_reads.add_quality, flags, conn)
     done.reads += len(reads)
     done.rejected += len(report["rejected"])
     for key in done.report:

@@ -170,7 +170,10 @@ class CimEdge:
         self._busy[key] = future
         try:
             response = await self._run(handler, msg)
-            await self._remember(key, response)
+            if msg.stream is not None and msg.stream.refused:  # found invalid late: not taken, as if refused at once
+                await self.hub.run(self.hub.receipts.release, CHANNEL, *key)
+            else:
+                await self._remember(key, response)
             future.set_result(response)
             return response
         finally:

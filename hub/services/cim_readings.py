@@ -5,6 +5,10 @@ The 61968-9 edge names metering points by UsagePoint mRID (the LD_ID) or by devi
 or the physical device key); this service resolves those, reads usage history for a window in one
 query per chunk of LD_IDs, and adds quality flags that partners report with the readings they
 push (the stored values themselves go through :meth:`CollectionService.ingest_reads`).
+
+:meth:`CimReadService.transaction` holds one transaction across the steps of a message that is
+stored while it is still being read, so the edge can roll all of it back when the message's tail
+turns out invalid.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import DateTime, String, bindparam, false, func, or_, select, type_coerce
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 
 from hub.db import Database, UTCDateTime, utcnow
 from hub.model import Concentrator, LogicalDevice, LogicalDeviceType, ParameterGroupItem, PhysicalDevice
@@ -84,9 +88,34 @@ def _time_reader(dialect: Dialect) -> Callable[[Any], datetime]:
     return read
 
 
+class Transaction:
+    """One transaction of the store's, for calls made one after another (from any worker thread)
+    that pass :attr:`conn` on; ended by exactly one of :meth:`commit` and :meth:`rollback`."""
+
+    def __init__(self, db: Database) -> None:
+        self.conn: Connection = db.engine.connect()
+        self._tx = self.conn.begin()
+
+    def commit(self) -> None:
+        try:
+            self._tx.commit()
+        finally:
+            self.conn.close()
+
+    def rollback(self) -> None:
+        try:
+            self._tx.rollback()
+        finally:
+            self.conn.close()
+
+
 class CimReadService:
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    def transaction(self) -> Transaction:
+        """A transaction for the steps of one message (see the module docstring)."""
+        return Transaction(self.db)
 
     def resolve(self, by_ld: Iterable[str] = (), by_device: Iterable[str] = ()) -> tuple[list[MeteringPoint], list[str]]:
         """Metering points named by LD_ID (``by_ld``) or by device (``by_device``: PD_ID, serial,
@@ -181,9 +210,10 @@ class CimReadService:
                                 for _, sub, t, value, inc, quality, status in rows]
         return out
 
-    def add_quality(self, flags: Sequence[tuple[str, int, datetime, int]]) -> int:
+    def add_quality(self, flags: Sequence[tuple[str, int, datetime, int]], conn: Connection | None = None) -> int:
         """OR quality bits into stored rows (ld_id, sub_number, measured_time, bits); rows that do
-        not exist are left alone. Returns how many keys were given a flag."""
+        not exist are left alone. Returns how many keys were given a flag. In ``conn``'s open
+        transaction when given, else in one of its own."""
         rows = [{"k_ld": ld, "k_sub": sub, "k_t": utc(t), "bits": bits, "now": utcnow()}
                 for ld, sub, t, bits in flags if bits]
         if not rows:
@@ -194,6 +224,9 @@ class CimReadService:
                        c.measured_time == bindparam("k_t", type_=UTCDateTime))
                 .values(quality=c.quality.op("|")(bindparam("bits")),
                         updated_at=bindparam("now", type_=UTCDateTime)))
+        if conn is not None:
+            conn.execute(stmt, rows)
+            return len(rows)
         with self.db.session() as s:
             s.connection().execute(stmt, rows)
         return len(rows)

@@ -64,6 +64,12 @@ class MessageReceiptService:
             return self.claim(channel, sender, message_id)
         return Claim(first=False, reply=row.reply, received_at=row.received_at)
 
+    def release(self, channel: str, sender: str, message_id: str) -> None:
+        """Give up a claim whose message turned out not to be taken after all (refused as invalid
+        once its tail was read): a corrected copy under the same MessageID is then a first copy."""
+        with self.db.session() as s:
+            s.execute(delete(MessageReceipt).where(*_where(_key(channel, sender, message_id))))
+
     def record_reply(self, channel: str, sender: str, message_id: str, reply: str) -> None:
         """The reply given to the message claimed first, for later copies."""
         with self.db.session() as s:
