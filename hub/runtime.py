@@ -95,7 +95,8 @@ class Hub:
         self.scheduler = CollectionScheduler(
             self.collection, self.head_ends.he_ids, interval=timedelta(minutes=settings.collection.interval_minutes),
             recollect_every=timedelta(minutes=settings.collection.recollect_every_minutes),
-            tick_delay=timedelta(seconds=settings.collection.tick_delay_s))
+            tick_delay=timedelta(seconds=settings.collection.tick_delay_s),
+            after_cycle=self.public.rollup.refresh_stale)  # the cycle's slot is rolled up before anyone asks
         self._pool = ThreadPoolExecutor(max_workers=settings.database.pool_size, thread_name_prefix="hub-db")
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

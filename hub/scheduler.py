@@ -44,8 +44,9 @@ class HeadEndState:
 class CollectionScheduler:
     def __init__(self, collection: CollectionService, he_ids: Callable[[], list[int]], *,
                  interval: timedelta, recollect_every: timedelta, tick_delay: timedelta = timedelta(seconds=5),
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, after_cycle: Callable[[], Any] | None = None) -> None:
         self.collection = collection
+        self.after_cycle = after_cycle
         self._he_ids = he_ids
         self.interval = interval
         self.recollect_every = recollect_every
@@ -91,6 +92,16 @@ class CollectionScheduler:
                 continue
             self._running[he_id] = asyncio.create_task(self._tick_one(he_id), name=f"collect-{he_id}")
         await asyncio.gather(*(t for t in self._running.values() if not t.done()), return_exceptions=True)
+        await self._after_cycle()
+
+    async def _after_cycle(self) -> None:
+        """Work that follows stored readings (the public aggregates' rollup); its failure is logged."""
+        if self.after_cycle is None:
+            return
+        try:
+            await asyncio.to_thread(self.after_cycle)
+        except Exception:  # noqa: BLE001 - the next cycle or reader tries again
+            log.exception("work after the collection cycle failed")
 
     async def _tick_one(self, he_id: int) -> None:
         state = self.head_ends.setdefault(he_id, HeadEndState())
@@ -125,6 +136,7 @@ class CollectionScheduler:
             self.next_recollect_at = next_boundary(self.clock(), self.recollect_every, offset)
             await self._sleep_until(self.next_recollect_at)
             await self.recollect()
+            await self._after_cycle()
 
     async def _sleep_until(self, at: datetime) -> None:
         await asyncio.sleep(max(0.0, (at - self.clock()).total_seconds()))

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from hub.model import Cluster, Customer, CustomerLogicalDevice, LogicalDevice, UsageRollup, UsageRollupState
+from hub.model import (Cluster, Customer, CustomerLogicalDevice, LogicalDevice, UsageRollup, UsageRollupStale,
+                       UsageRollupState)
 from hub.runtime import Hub
 from hub.services.access import Caller
 from hub.services.public import AggregateQuery, QualityQuery
@@ -170,3 +171,17 @@ async def test_registering_meters_in_a_cluster_regroups_and_a_purge_drops_old_to
     assert rhub.billing.purge(now)["usage_rollup"]["deleted"] > 0
     with rhub.db.session() as s:
         assert s.scalar(select(func.count()).select_from(UsageRollup)) == 0
+
+
+async def test_a_collection_cycle_leaves_its_slot_rolled_up_for_the_next_reader(rhub):
+    await collect(rhub, 2)
+    period = (PERIOD["from"].astimezone(UTC), PERIOD["to"].astimezone(UTC))
+    assert rhub.public.rollup.refresh(*period) > 0  # the period, rolled up once
+    rhub.clock.now = START + 2 * SLOT + timedelta(minutes=1)  # type: ignore[attr-defined]
+    await rhub.scheduler.tick()  # collects the slot ending 01:00, then rolls it up
+    with rhub.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(UsageRollupStale)) == 0
+        assert s.scalar(select(func.sum(UsageRollup.meters)).where(UsageRollup.measured_time == START + 2 * SLOT,
+                                                                     UsageRollup.group_kind == "cluster", UsageRollup.sub_number == 1)) == 9
+    assert rhub.public.rollup.refresh(*period) == 0
+    assert_rollup_is_live(rhub)

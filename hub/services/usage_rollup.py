@@ -17,7 +17,7 @@ customer of its own), and the status counts.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -177,11 +177,24 @@ class UsageRollupService:
             if not self._needed(conn, lo, hi)[1]:
                 self._remember_fresh(token, (lo, hi))
                 return 0
+        return self._roll_up_slots(lambda conn: self._needed(conn, lo, hi))
+
+    def refresh_stale(self) -> int:
+        """Roll up every slot written since it was last rolled up, whatever period it is in (run
+        after each collection cycle, so the next reader finds the cycle's slot fresh)."""
+        def stale(conn: Connection) -> tuple[int, list[datetime], list[int]]:
+            marks = conn.execute(select(STALE.c.id, STALE.c.measured_time)).all()
+            return self._generation(conn), sorted({t for _, t in marks}), [i for i, _ in marks]
+        return self._roll_up_slots(stale)
+
+    def _roll_up_slots(self, pick: Callable[[Connection], tuple[int, list[datetime], list[int]]]) -> int:
+        """Under the refresh lock, roll up the slots ``pick`` names, mark them covered under the
+        generation it read, and consume the stale marks it saw."""
         with self._lock, self.db.session() as s:
             conn = s.connection()
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK})
-            generation, needed, stale_ids = self._needed(conn, lo, hi)
+            generation, needed, stale_ids = pick(conn)
             for run in _runs(needed):
                 self._roll_up(conn, run[0] - SLOT, run[-1])
                 conn.execute(delete(COVERED).where(COVERED.c.measured_time >= run[0], COVERED.c.measured_time <= run[-1]))
