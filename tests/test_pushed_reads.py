@@ -88,3 +88,33 @@ def test_a_manual_correction_of_a_pushed_read_creates_its_quote_row(pushed):
     with pytest.raises(NotFound):
         hub.billing.correct(lds[1], 1, DAY + 40 * SLOT, 1.0)
     assert count(hub, QuoteHistory) == 1
+
+
+def test_a_new_stretch_stored_in_one_loop_matches_the_general_way(hub):
+    """A pushed stretch with nothing stored in or after it is stored in one loop over the values
+    (the bulk push's case); with a later row stored it takes the general way. Both give the same rows:
+    the increment from the value stored before the stretch, a gap flagged, a register going back
+    flagged, and of two values of one snapshot the first."""
+    fast, general = install_meters(hub, {1: 2})
+    for ld in (fast, general):
+        hub.collection.ingest_values([(ld, 1, DAY - SLOT, 99.0)], "before")
+    hub.collection.ingest_values([(general, 1, DAY + 20 * SLOT, 500.0)], "later")
+    slots = [(0, 100.0), (1, 100.5), (1, 777.0), (2, 101.0), (4, 102.0), (5, 101.5)]
+    for ld in (fast, general):
+        report = hub.collection.ingest_values([(ld, 1, DAY + s * SLOT, v) for s, v in slots], "cim:HES")
+        assert report["stored"] == 5
+
+    def rows(ld: str) -> list[tuple]:
+        with hub.db.session() as s:
+            found = s.scalars(select(UsageHistory).where(UsageHistory.ld_id == ld, UsageHistory.measured_time >= DAY,
+                                                         UsageHistory.measured_time < DAY + 10 * SLOT)
+                              .order_by(UsageHistory.measured_time))
+            return [(r.measured_time, r.register_value, r.increment, r.quality, r.status) for r in found]
+
+    assert rows(fast) == rows(general)
+    from hub.services.quality import Quality
+    increments = {t: (inc, Quality(q)) for t, _, inc, q, _ in rows(fast)}
+    assert increments[DAY] == (pytest.approx(1.0), Quality.VALID)
+    assert increments[DAY + SLOT][0] == pytest.approx(0.5)  # 100.5, not 777
+    assert increments[DAY + 4 * SLOT] == (pytest.approx(1.0), Quality.VALID | Quality.SPANS_GAP)
+    assert increments[DAY + 5 * SLOT] == (pytest.approx(-0.5), Quality.VALID | Quality.NEGATIVE_INCREMENT)

@@ -300,6 +300,11 @@ class UsageWriter:
         ``pushed`` values (an edge's, not polled) get no ``collection_log`` row and no empty quote
         row (see the module docstring). With ``conn`` the batch is written in that connection's open
         transaction, which the caller commits or rolls back (several batches as one)."""
+        if pushed and not expected and not reads and isinstance(values, list) and values:
+            with self._transaction(conn) as c:
+                fresh = self._store_fresh(c, values, cumulative, source)
+            if fresh is not None:
+                return fresh
         norm = _Aware()
         given: dict[Key, float] = {}
         for r in reads:
@@ -390,6 +395,69 @@ class UsageWriter:
                 if key not in wanted:
                     keep((*key, new_values[key], chains[key][0], fill_status))
         return result
+
+    def _store_fresh(self, conn: Connection, values: list[Read], cumulative: Callable[[str, int], bool],
+                     source: str) -> WriteResult | None:
+        """:meth:`store` of pushed ``values`` sorted by key (as :meth:`CollectionService.ingest_values`
+        hands them) whose registers have no row between the first and last time and no valued row
+        after: the bulk push of a new day, stored in one loop over the values (the increments as
+        :func:`_stretch` computes them, each row built as it is computed). None, with nothing
+        written, when they are not such values: :meth:`store` then takes the general way."""
+        norm = _Aware()
+        memo = norm.memo
+        given: list[tuple[str, int, datetime, float]] = []
+        last: tuple[str, int, datetime] | None = None
+        for ld_id, sub, t, value in values:
+            aware = memo.get(t)
+            key = (ld_id, sub, aware if aware is not None else norm(t))
+            if last is not None and key <= last:
+                if key == last:
+                    continue  # a second value of one snapshot: the first counts
+                return None  # not sorted
+            last = key
+            given.append((*key, float(value)))
+        times = sorted({t for _, _, t, _ in given})
+        lo, hi = times[0], times[-1]
+        series = set({(ld_id, sub): None for ld_id, sub, _, _ in given})
+        if self._rows_between(conn, {(ld_id, sub, lo) for ld_id, sub in series}, lo, hi):
+            return None
+        latest = self._latest_time(conn)
+        if latest is not None and latest > hi and self._valued_near(conn, series, hi, before=False):
+            return None
+        before = self._valued_near(conn, series, lo, before=True)
+
+        now = utcnow()
+        usage = _Binder(conn, USAGE)
+        at = usage.times([*times, now])  # rows are built with the driver's timestamps
+        now_at = at[now]
+        slot_before = {t: t - SLOT for t in times}
+        inserts: list[tuple[Any, ...]] = []
+        append = inserts.append
+        current: Series | None = None
+        counts = False
+        prev_t: datetime | None = None
+        prev_v: float | None = None
+        for ld_id, sub, t, value in given:
+            if (ld_id, sub) != current:
+                current = (ld_id, sub)
+                counts = cumulative(ld_id, sub)
+                first = before.get(current)
+                prev_t, prev_v = (first[0], first[1].value) if first is not None else (None, None)
+            flags = _VALID
+            increment = None
+            if counts and prev_v is not None:
+                increment = round(value - prev_v, INCREMENT_DIGITS)
+                if prev_t != slot_before[t]:
+                    flags |= _SPANS_GAP
+                if increment < 0:
+                    flags |= _NEGATIVE
+            append((ld_id, sub, at[t], value, increment, "normal", flags, None, source, now_at))
+            prev_t, prev_v = t, value
+        usage.insert_ignore(
+            ("ld_id", "sub_number", "measured_time", "register_value", "increment", "status", "quality",
+             "recollected_increment", "source", "updated_at"), inserts, converted=True)
+        mark_written(conn, times)  # the public aggregates' rollup of these slots is stale now
+        return WriteResult(inserted=len(inserts))
 
     @contextmanager
     def _transaction(self, conn: Connection | None) -> Iterator[Connection]:
