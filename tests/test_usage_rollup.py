@@ -115,6 +115,11 @@ async def test_regrouping_is_seen_by_the_next_answer(rhub):
     body = rhub.public.usage_aggregate(EVERYONE, AggregateQuery.model_validate({**PERIOD, "group": "demo-tower-a"}))
     meters = body["items"][0]["meters"]
     assert body["items"][0]["customers"] == meters - 1
+    with rhub.db.session() as s:  # a tenant of one of them for the first hour only: a point with two links
+        s.add(Customer(customer_id="C-TENANT", name="tenant"))
+        s.flush()
+        s.add(CustomerLogicalDevice(customer_id="C-TENANT", ld_id=b, valid_to=START + SLOT))
+    assert_rollup_is_live(rhub)
     with rhub.db.session() as s:  # a meter moves to another cluster
         ld = s.scalars(select(LogicalDevice).where(LogicalDevice.ld_id == lds[0])).one()
         ld.cluster_id = "demo-district-1" if ld.cluster_id != "demo-district-1" else "demo-tower-b"

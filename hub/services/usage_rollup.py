@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, delete, event, func, insert, literal, or_, select, text, update
+from sqlalchemy import Connection, and_, case, delete, event, func, insert, or_, select, text, update
 from sqlalchemy.orm import ORMExecuteState
 from sqlmodel import Session
 
@@ -204,25 +204,20 @@ class UsageRollupService:
             return len(needed)
 
     def _roll_up(self, conn: Connection, lo: datetime, hi: datetime) -> None:
-        """Replace the rollup rows of (lo, hi] with totals computed from usage_history."""
-        u, ld, c, r = UsageHistory, LogicalDevice, Cluster, CustomerLogicalDevice
+        """Replace the rollup rows of (lo, hi] with totals computed from usage_history.
+
+        Distinct customers are counted without a distinct over every row: a metering point with at
+        most one customer link, whose customer has no other link, adds exactly one customer (its
+        customer, or itself) that no other point adds. Only the rows of the other points (shared
+        customers, several links) are joined to their links and counted as a set."""
+        u, ld, c = UsageHistory, LogicalDevice, Cluster
         window = [u.measured_time > lo, u.measured_time <= hi]
-        joined = select().select_from(u).join(ld, ld.ld_id == u.ld_id).join(c, c.cluster_id == ld.cluster_id)
         effective = func.coalesce(u.recollected_increment, u.increment)
         counts = [func.sum(case((u.status == st, 1), else_=0)) for st in ("normal", "missing", "recollected")]
-        rows = conn.execute(joined.add_columns(ld.cluster_id, c.area, u.sub_number, u.measured_time,
-                                               func.sum(effective), func.count(), *counts)
+        rows = conn.execute(select(ld.cluster_id, c.area, u.sub_number, u.measured_time, func.sum(effective),
+                                   func.count(), *counts)
+                            .select_from(u).join(ld, ld.ld_id == u.ld_id).join(c, c.cluster_id == ld.cluster_id)
                             .where(*window).group_by(ld.cluster_id, c.area, u.sub_number, u.measured_time)).all()
-        held = and_(r.ld_id == u.ld_id, r.deleted.is_(False),
-                    or_(r.valid_from.is_(None), r.valid_from < u.measured_time),
-                    or_(r.valid_to.is_(None), r.valid_to >= u.measured_time))
-        person = func.count(func.distinct(func.coalesce(r.customer_id, literal("ld:") + u.ld_id)))
-        people: dict[tuple[str, str, int, datetime], int] = {}
-        for kind, col in (("cluster", ld.cluster_id), ("area", c.area)):
-            stmt = joined.outerjoin(r, held).add_columns(col, u.sub_number, u.measured_time, person) \
-                .where(*window, col.is_not(None)).group_by(col, u.sub_number, u.measured_time)
-            for g, sub, t, n in conn.execute(stmt):
-                people[(kind, g, sub, t)] = n
         totals: dict[tuple[str, str, int, datetime], Totals] = {}
         for cluster, area, sub, t, energy, meters, normal, missing, recollected in rows:
             for kind, g in (("cluster", cluster), ("area", area)):
@@ -232,16 +227,47 @@ class UsageRollupService:
                 if energy is not None:
                     tot.energy = (tot.energy or 0.0) + energy
                 tot.meters += meters
+                tot.customers += meters  # one each, corrected below for the shared points
                 tot.normal += normal or 0
                 tot.missing += missing or 0
                 tot.recollected += recollected or 0
+        for key, (shared_rows, customers) in self._shared_customers(conn, lo, hi).items():
+            totals[key].customers += len(customers) - len(shared_rows)
         conn.execute(delete(ROLLUP).where(ROLLUP.c.measured_time > lo, ROLLUP.c.measured_time <= hi))
         if totals:
             conn.execute(insert(ROLLUP), [
                 {"group_kind": kind, "group_id": g, "sub_number": sub, "measured_time": t, "energy": tot.energy,
-                 "meters": tot.meters, "customers": people.get((kind, g, sub, t), 0), "normal": tot.normal,
+                 "meters": tot.meters, "customers": tot.customers, "normal": tot.normal,
                  "missing": tot.missing, "recollected": tot.recollected}
                 for (kind, g, sub, t), tot in totals.items()])
+
+    @staticmethod
+    def _shared_customers(conn: Connection, lo: datetime,
+                          hi: datetime) -> dict[tuple[str, str, int, datetime], tuple[set[str], set[str]]]:
+        """Per group, register and slot: the shared points with a row, and the customers they add
+        (a point's customer at the slot, or the point itself when it has none then)."""
+        u, ld, c, r = UsageHistory, LogicalDevice, Cluster, CustomerLogicalDevice
+        live = r.deleted.is_(False)
+        shared_customers = select(r.customer_id).where(live).group_by(r.customer_id).having(func.count() > 1)
+        shared = set(conn.execute(select(r.ld_id).where(live, r.customer_id.in_(shared_customers))).scalars())
+        shared |= set(conn.execute(select(r.ld_id).where(live).group_by(r.ld_id).having(func.count() > 1)).scalars())
+        out: dict[tuple[str, str, int, datetime], tuple[set[str], set[str]]] = {}
+        if not shared:
+            return out
+        held = and_(r.ld_id == u.ld_id, live, or_(r.valid_from.is_(None), r.valid_from < u.measured_time),
+                    or_(r.valid_to.is_(None), r.valid_to >= u.measured_time))
+        for chunk in _chunks(sorted(shared), 900):
+            stmt = select(ld.cluster_id, c.area, u.sub_number, u.measured_time, u.ld_id, r.customer_id) \
+                .select_from(u).join(ld, ld.ld_id == u.ld_id).join(c, c.cluster_id == ld.cluster_id) \
+                .outerjoin(r, held).where(u.ld_id.in_(chunk), u.measured_time > lo, u.measured_time <= hi)
+            for cluster, area, sub, t, ld_id, customer in conn.execute(stmt):
+                who = customer if customer is not None else "ld:" + ld_id
+                for kind, g in (("cluster", cluster), ("area", area)):
+                    if g is not None:
+                        points, customers = out.setdefault((kind, g, sub, t), (set(), set()))
+                        points.add(ld_id)
+                        customers.add(who)
+        return out
 
     # reading
     def read(self, kind: str, groups: set[str] | None, lo: datetime, hi: datetime,
