@@ -84,7 +84,8 @@ class Hub:
         self.delivery = DeliveryService(self.db, settings.delivery, settings.privacy, settings.data.dir)
         self.delivery_schedule = DeliveryScheduler(self.delivery, self.run,
                                                    run_at_minutes=settings.delivery.run_at_minutes)
-        self.dashboard = DashboardService(self.db, settings.privacy.timezone, clock=lambda: self.collection.clock())
+        self.dashboard = DashboardService(self.db, settings.privacy.timezone, clock=lambda: self.collection.clock(),
+                                          rollup=self.public.rollup)
         self.cim_reads = CimReadService(self.db)  # many metering points at once, for the 61968-9 edge
         self.outbox = MessageOutboxService(self.db)  # messages edges publish, kept until acknowledged
         self.receipts = MessageReceiptService(  # messages edges took in, with the reply given (replay)

@@ -38,7 +38,7 @@ class UsageRollup(SQLModel, table=True):
                                            name="pk_usage_rollup"),)
     sub_number: int = Field(sa_column_kwargs={"autoincrement": False})
     measured_time: datetime = Field(sa_type=UTCDateTime, description="the slot's end, as in usage_history")
-    group_kind: str = Field(max_length=8, description="cluster or area")
+    group_kind: str = Field(max_length=8, description="cluster, area, or fleet (every row; operations only)")
     group_id: str = Field(max_length=128)
     energy: float | None = Field(default=None, description="sum of the effective increments")
     meters: int = Field(default=0, description="usage rows (one per metering point)")

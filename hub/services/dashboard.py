@@ -1,4 +1,5 @@
-"""The operations dashboard's figures (seed 001), computed in one read of the store.
+"""The operations dashboard's figures (seed 001), read from recent rows and the usage rollup, so a
+page costs the same with a year of history as with a day.
 
 - Meters by state: ``communicating`` (a stored value in the last ``silent_after``), ``not_communicating``
   (values once, none lately), ``never_seen`` (configured, no value ever) and ``disposed`` (deleted).
@@ -25,14 +26,18 @@ from hub.db import Database, utcnow
 from hub.model import (Alert, AdrAction, AdrEvent, CollectionRun, Concentrator, HeadEnd, LogicalDevice,
                        PhysicalDevice, UsageHistory)
 from hub.services.public import iso
+from hub.services.usage_rollup import FLEET, UsageRollupService
 
 SLOT = timedelta(minutes=30)
+IN_CHUNK = 900
 
 
 class DashboardService:
     def __init__(self, db: Database, timezone: str, clock: Callable[[], datetime] = utcnow, *,
-                 silent_after: timedelta = timedelta(hours=24), band_weeks: int = 4) -> None:
+                 silent_after: timedelta = timedelta(hours=24), band_weeks: int = 4,
+                 rollup: UsageRollupService | None = None) -> None:
         self.db = db
+        self.rollup = rollup or UsageRollupService(db)
         self.tz = ZoneInfo(timezone)
         self.clock = clock
         self.silent_after = silent_after
@@ -47,39 +52,45 @@ class DashboardService:
 
     # --- meters -------------------------------------------------------------------------------
     def _meters(self, s: Any, now: datetime) -> dict[str, int]:
+        """Reads only the last ``silent_after`` of usage, then, for the points silent in it, whether
+        they ever had a value: never the whole history of the fleet."""
         u, ld = UsageHistory, LogicalDevice
-        seen = select(u.ld_id, func.max(u.measured_time).label("last")).where(
-            func.coalesce(u.recollected_increment, u.increment).is_not(None)).group_by(u.ld_id).subquery()
-        counts = {"communicating": 0, "not_communicating": 0, "never_seen": 0, "disposed": 0}
+        valued = func.coalesce(u.recollected_increment, u.increment).is_not(None)
         cutoff = now - self.silent_after
-        for deleted, last in s.execute(select(ld.deleted, seen.c.last).select_from(ld).outerjoin(
-                seen, seen.c.ld_id == ld.ld_id)):
+        recent = set(s.scalars(select(u.ld_id).where(u.measured_time >= cutoff, valued).distinct()))
+        counts = {"communicating": 0, "not_communicating": 0, "never_seen": 0, "disposed": 0}
+        quiet: list[str] = []
+        for ld_id, deleted in s.execute(select(ld.ld_id, ld.deleted)):
             if deleted:
                 counts["disposed"] += 1
-            elif last is None:
+            elif ld_id is None:
                 counts["never_seen"] += 1
+            elif ld_id in recent:
+                counts["communicating"] += 1
             else:
-                last = last if last.tzinfo else last.replace(tzinfo=UTC)
-                counts["communicating" if last >= cutoff else "not_communicating"] += 1
+                quiet.append(ld_id)
+        seen_before: set[str] = set()
+        for i in range(0, len(quiet), IN_CHUNK):
+            seen_before |= set(s.scalars(select(u.ld_id).where(u.ld_id.in_(quiet[i:i + IN_CHUNK]), valued).distinct()))
+        counts["not_communicating"] = len(seen_before)
+        counts["never_seen"] += len(quiet) - len(seen_before)
         counts["total"] = sum(counts.values())
         return counts
 
     # --- fleet energy and its band ------------------------------------------------------------
-    def _fleet(self, s: Any, lo: datetime, hi: datetime) -> dict[datetime, float]:
-        u = UsageHistory
-        t = u.measured_time
-        rows = s.execute(select(t, func.sum(func.coalesce(u.recollected_increment, u.increment)))
-                         .where(u.sub_number == 1, t > lo, t <= hi).group_by(t))
-        return {(k if k.tzinfo else k.replace(tzinfo=UTC)): float(v or 0.0) for k, v in rows}
+    def _fleet(self, lo: datetime, hi: datetime) -> dict[datetime, float]:
+        """Register 1's fleet total per slot of (lo, hi], from the usage rollup."""
+        self.rollup.refresh(lo, hi)
+        return {t: float(tot.energy or 0.0) for _, _, t, tot in self.rollup.read(FLEET, None, lo, hi, 1)}
 
     def _energy(self, s: Any, now: datetime) -> dict[str, Any]:
         local = now.astimezone(self.tz)
         start = datetime(local.year, local.month, local.day, tzinfo=self.tz).astimezone(UTC)
-        today = self._fleet(s, start, start + timedelta(days=1))
+        today = self._fleet(start, start + timedelta(days=1))
         past: dict[int, list[float]] = defaultdict(list)
         for w in range(1, self.band_weeks + 1):
             day = datetime.combine((local - timedelta(weeks=w)).date(), datetime.min.time(), self.tz).astimezone(UTC)
-            week = self._fleet(s, day, day + timedelta(days=1))
+            week = self._fleet(day, day + timedelta(days=1))
             for t, v in week.items():
                 past[int((t - day) / SLOT)].append(v)
         slots = []

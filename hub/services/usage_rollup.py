@@ -31,6 +31,9 @@ from hub.model import (Cluster, CustomerLogicalDevice, LogicalDevice, UsageHisto
                        UsageRollupStale, UsageRollupState)
 
 SLOT = timedelta(minutes=30)
+FLEET, FLEET_ID = "fleet", "all"
+"""The whole fleet's totals (every usage row, in a cluster or not), for operations only: never
+published (the public queries ask for clusters or areas), customers not counted."""
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 ROLLUP: Any = UsageRollup.__table__  # type: ignore[attr-defined]
 COVERED: Any = UsageRollupSlot.__table__  # type: ignore[attr-defined]
@@ -233,6 +236,10 @@ class UsageRollupService:
                 tot.recollected += recollected or 0
         for key, (shared_rows, customers) in self._shared_customers(conn, lo, hi).items():
             totals[key].customers += len(customers) - len(shared_rows)
+        for sub, t, energy, meters, normal, missing, recollected in conn.execute(
+                select(u.sub_number, u.measured_time, func.sum(effective), func.count(), *counts)
+                .where(*window).group_by(u.sub_number, u.measured_time)):
+            totals[(FLEET, FLEET_ID, sub, t)] = Totals(energy, meters, 0, normal or 0, missing or 0, recollected or 0)
         conn.execute(delete(ROLLUP).where(ROLLUP.c.measured_time > lo, ROLLUP.c.measured_time <= hi))
         if totals:
             conn.execute(insert(ROLLUP), [
