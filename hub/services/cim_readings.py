@@ -95,6 +95,11 @@ class Transaction:
     def __init__(self, db: Database) -> None:
         self.conn: Connection = db.engine.connect()
         self._tx = self.conn.begin()
+        if self.conn.dialect.name == "postgresql":
+            # Its statements are index probes and bulk moves of one batch; while a day is loaded the
+            # planner's statistics lag and their cost estimates pass jit_above_cost, and compiling
+            # took 250 ms a statement (a few ms to run).
+            self.conn.exec_driver_sql("SET LOCAL jit = off")
 
     def commit(self) -> None:
         try:

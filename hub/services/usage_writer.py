@@ -479,10 +479,13 @@ class UsageWriter:
         norm = _Times()
         out: dict[Key, _Row] = {}
         if conn.dialect.name == "postgresql":
+            # One primary-key range per register (the subquery kept apart by OFFSET 0, so its plan is
+            # that probe): as a plain join the planner may take the time index, its statistics lagging
+            # a bulk load of the window, and read the whole fleet's rows of the window for every batch.
             rows = conn.exec_driver_sql(
-                f"SELECT u.ld_id, u.sub_number, u.measured_time, {_PG_VALUES} FROM {_PG_KEYS} "
-                "JOIN usage_history u ON u.ld_id = k.ld_id AND u.sub_number = k.sub_number "
-                "WHERE u.measured_time BETWEEN %s AND %s",
+                f"SELECT k.ld_id, k.sub_number, u.measured_time, {_PG_VALUES} FROM {_PG_KEYS} "
+                "CROSS JOIN LATERAL (SELECT * FROM usage_history u WHERE u.ld_id = k.ld_id "
+                "AND u.sub_number = k.sub_number AND u.measured_time BETWEEN %s AND %s OFFSET 0) u",
                 (ld_ids, subs, lo, hi)).fetchall()
             for ld_id, sub, t, *rest in rows:
                 out[(ld_id, sub, norm(t))] = _Row(*rest)
