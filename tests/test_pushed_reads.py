@@ -118,3 +118,12 @@ def test_a_new_stretch_stored_in_one_loop_matches_the_general_way(hub):
     assert increments[DAY + SLOT][0] == pytest.approx(0.5)  # 100.5, not 777
     assert increments[DAY + 4 * SLOT] == (pytest.approx(1.0), Quality.VALID | Quality.SPANS_GAP)
     assert increments[DAY + 5 * SLOT] == (pytest.approx(-0.5), Quality.VALID | Quality.NEGATIVE_INCREMENT)
+
+
+def test_a_new_stretch_marks_its_slots_for_the_usage_rollup(pushed):
+    """The one-loop way writes usage rows too, so it marks their slots stale in its transaction."""
+    from hub.model import UsageRollupStale
+
+    with pushed[0].db.session() as s:
+        marked = set(s.scalars(select(UsageRollupStale.measured_time)))
+    assert marked == {DAY + s * SLOT for s in range(4)}
