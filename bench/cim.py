@@ -6,7 +6,8 @@ head-end publishes them: ``created MeterReadings`` EventMessages of 1,000 meters
 IntervalReadings, about 5 MB), ``Property MessageIndex = k/N``, ``AckRequired``, one ReadingQuality
 per thousand readings. They are written to files beforehand (untimed) and POSTed one at a time, each
 after the previous acknowledgement, as a head-end waits for the ack. Timed from the first request to
-the last reply; every reply must be ``OK`` and every reading must then be in ``usage_history``.
+the last reply; every reply must be ``OK`` and every reading must then be in ``usage_history``. The hub
+replies after the message's transaction commits, so the last reply is when the last reading is stored.
 Baseline, same run, same files: bare ``lxml.etree.fromstring`` of each file's bytes.
 
 get: ``get MeterReadings`` for one meter and one month (31 days of 30-minute IntervalBlocks, ReadingType
