@@ -29,3 +29,18 @@ async def test_a_customer_file_is_fetched_with_matching_checksums_and_others_are
     assert trav.status in (403, 404)
     phub.delivery.clock = lambda: clock.now + timedelta(days=60)
     assert phub.delivery.purge() == 1
+
+
+async def test_the_daily_run_writes_for_every_customer_and_group_what_a_single_fetch_would(phub, clock):
+    await seed_usage(phub, clock)  # includes two customers holding two points each
+    day = date(2026, 3, 2)
+    phub.delivery.clock = lambda: clock.now + timedelta(days=2)
+    phub.delivery.put_group("district", "district office", ["C-SMALL-0", "C-SMALL-1", "C-NOBODY"])
+    made = phub.delivery.generate_day(day)
+    written = {(m["kind"], m["subject"]): (phub.delivery.root / m["path"]).read_bytes() for m in made}
+    assert ("group", "district") in written and ("customer", "C-SMALL-0") in written
+    assert len([k for k in written if k[0] == "customer"]) == 10  # 12 points, two pairs share a customer
+    for (kind, subject), data in written.items():
+        assert data == (phub.delivery.root / phub.delivery.generate(kind, subject, day)["path"]).read_bytes(), subject
+    assert written[("group", "district")].count(b"\r\n") == 1 + 4 * 3  # the header, 4 points x 3 slots
+    assert phub.delivery.generate_day(day, missing_only=True) == []

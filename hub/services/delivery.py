@@ -83,28 +83,32 @@ class DeliveryService:
     def today(self) -> date:
         return self.clock().astimezone(self.tz).date()
 
-    def generate(self, kind: str, subject: str, day: date) -> dict[str, Any]:
-        """Write (or rewrite) one day's file and its checksum; re-collected values are included as
-        they are at the time of writing."""
+    def _window(self, day: date) -> tuple[datetime, datetime]:
         if day >= self.today():
             raise InvalidInput.on("day", "a day's file is made once the day is over")
         start = datetime(day.year, day.month, day.day, tzinfo=self.tz)
-        lo, hi = start.astimezone(UTC), (start + timedelta(days=1)).astimezone(UTC)
-        customers = self._customers(kind, subject)
+        return start.astimezone(UTC), (start + timedelta(days=1)).astimezone(UTC)
+
+    @staticmethod
+    def _day_rows(lo: datetime, hi: datetime, customers: list[str] | None) -> Any:
+        """The rows of a day's files, ordered by customer, point and slot (of ``customers``, or of
+        every customer with ``None``)."""
         u, r = UsageHistory, CustomerLogicalDevice
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\r\n")
-        writer.writerow(COLUMNS)
-        rows = 0
+        stmt = select(r.customer_id, u.ld_id, u.measured_time, _effective(), u.status).select_from(u) \
+            .join(r, _held()).where(u.sub_number == 1, u.measured_time > lo, u.measured_time <= hi)
+        if customers is not None:
+            stmt = stmt.where(r.customer_id.in_(customers))
+        return stmt.distinct().order_by(r.customer_id, u.ld_id, u.measured_time)
+
+    def generate(self, kind: str, subject: str, day: date) -> dict[str, Any]:
+        """Write (or rewrite) one day's file and its checksum; re-collected values are included as
+        they are at the time of writing."""
+        lo, hi = self._window(day)
         with self.db.session() as s:
-            stmt = select(r.customer_id, u.ld_id, u.measured_time, _effective(), u.status).select_from(u) \
-                .join(r, _held()).where(r.customer_id.in_(customers), u.sub_number == 1,
-                                        u.measured_time > lo, u.measured_time <= hi) \
-                .distinct().order_by(r.customer_id, u.ld_id, u.measured_time)
-            for customer_id, ld_id, t, energy, status in s.execute(stmt):
-                writer.writerow([customer_id, ld_id, iso(t), "" if energy is None else f"{energy:.6f}", status])
-                rows += 1
-        data = buf.getvalue().encode()
+            rows = s.execute(self._day_rows(lo, hi, self._customers(kind, subject))).all()
+        return self._store(kind, subject, day, _render(rows))
+
+    def _store(self, kind: str, subject: str, day: date, data: bytes) -> dict[str, Any]:
         path = self._path(kind, subject, day)
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(data).hexdigest()
@@ -117,14 +121,47 @@ class DeliveryService:
 
     def generate_day(self, day: date, missing_only: bool = False) -> list[dict[str, Any]]:
         """The daily run: every customer with a metering point, and every delivery group (with
-        ``missing_only``, files already made are kept as they are and not returned)."""
+        ``missing_only``, files already made are kept as they are and not returned).
+
+        One ordered pass over the day's rows, written customer by customer as it streams (not a
+        query per customer: a fleet has tens of thousands); only the rows of customers in a delivery
+        group are held until the groups' files are written."""
+        lo, hi = self._window(day)
         with self.db.session() as s:
             customers = sorted(set(s.scalars(select(CustomerLogicalDevice.customer_id).where(
                 CustomerLogicalDevice.deleted.is_(False)))))
-            groups = sorted(s.scalars(select(DeliveryGroup.group_id)))
-        subjects = [("customer", c) for c in customers if SAFE_ID.match(c)] + [("group", g) for g in groups]
-        return [self.generate(kind, subject, day) for kind, subject in subjects
-                if not (missing_only and self._path(kind, subject, day).exists())]
+            groups = {g.group_id: sorted(set(g.customer_ids)) for g in s.scalars(select(DeliveryGroup))}
+        todo = {c for c in customers if SAFE_ID.match(c) and not (missing_only and self._path("customer", c, day).exists())}
+        todo_groups = {g: members for g, members in sorted(groups.items())
+                       if not (missing_only and self._path("group", g, day).exists())}
+        in_groups = {c for members in todo_groups.values() for c in members}
+        held: dict[str, list[Any]] = {}
+        made: list[dict[str, Any]] = []
+
+        def finish(customer: str, rows: list[Any]) -> None:
+            if customer in todo:
+                made.append(self._store("customer", customer, day, _render(rows)))
+                todo.discard(customer)
+            if customer in in_groups:
+                held[customer] = rows
+
+        if todo or todo_groups:
+            current: str | None = None
+            rows: list[Any] = []
+            with self.db.session() as s:
+                for row in s.execute(self._day_rows(lo, hi, None)):
+                    if row[0] != current:
+                        if current is not None:
+                            finish(current, rows)
+                        current, rows = row[0], []
+                    rows.append(row)
+            if current is not None:
+                finish(current, rows)
+        for customer in sorted(todo):  # customers with no rows that day get a file with the header only
+            made.append(self._store("customer", customer, day, _render([])))
+        for group, members in todo_groups.items():
+            made.append(self._store("group", group, day, _render([r for c in members for r in held.get(c, [])])))
+        return made
 
     def _entry(self, kind: str, subject: str, day: date, path: Path) -> dict[str, Any]:
         sidecar = path.with_name(path.name + ".sha256")
@@ -191,3 +228,13 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 16), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _render(rows: Any) -> bytes:
+    """A day's CSV: the header, then one line per (customer, point, slot) row."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow(COLUMNS)
+    for customer_id, ld_id, t, energy, status in rows:
+        writer.writerow([customer_id, ld_id, iso(t), "" if energy is None else f"{energy:.6f}", status])
+    return buf.getvalue().encode()
