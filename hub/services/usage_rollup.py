@@ -5,8 +5,10 @@ Writers mark slots stale in their own transaction (:func:`mark_written`); change
 session events registered here, whichever service makes them. Readers call
 :meth:`UsageRollupService.refresh` for the period they are about to read: the slots that are not
 fresh are rolled up again from ``usage_history`` (set-based, per run of consecutive slots), then
-the rollup is read. After a collection cycle that is one slot; a store that never had a rollup
-(a new migration, rows loaded in bulk) pays once for the period first asked for.
+the rollup is read. After a collection cycle that is one slot (rolled up by the scheduler right
+after the cycle); a period never rolled up (rows loaded past the hub) or rolled up before a
+regrouping pays once, for the period first asked for: about 3 s on PostgreSQL and 11 s on SQLite
+for a day of 80,000 meters on a 2-core machine.
 
 The totals are exactly what the live query over ``usage_history`` gives for one slot: energy is
 the sum of effective increments (``coalesce(recollected_increment, increment)``), meters the rows,
