@@ -15,20 +15,21 @@ computed like polled reads; ReadingQualities set the matching quality flags.
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from itertools import repeat
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from adapters.cim import codes, stream
-from adapters.cim.envelope import EnvelopeError, Message, parse_time
-from adapters.cim.profile import Outcome, decimal, identifiers, kid, kids, refuse, unique, window
+from adapters.cim import codes, parse_worker, stream
+from adapters.cim.envelope import EnvelopeError, Message
+from adapters.cim.profile import Outcome, identifiers, kid, kids, refuse, unique, window
+from adapters.cim.reading_parts import Extractor, Meter
 from adapters.cim.readings_answer import build_meter_readings, sub_numbers
-from hub.services.quality import FLAG_NAMES, Quality
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -105,22 +106,11 @@ def _answer(hub: Hub, out: Outcome, by_ld: list[str], by_dev: list[str], types: 
 
 # ingest ----------------------------------------------------------------------------------------
 
-_KEPT_QUALITY = ~int(Quality.VALID | Quality.MISSING)
-"""Quality bits a partner's ReadingQualities may set on stored rows (plain int: enum arithmetic per
-reading would cost more than the rest of its mapping)."""
-_INFINITE = (float("inf"), float("-inf"))
 MAX_REFUSED_LISTED = 100
 """Refused readings listed one by one in the reply; the rest are counted in one Error."""
 PIPELINE_METERS = 250
 """MeterReading elements mapped per step of an ingest; a step is mapped while the one before it is
 stored (storing runs off the event loop, much of it in the database driver without the GIL)."""
-
-
-@functools.cache
-def _quality_bits() -> dict[str, int]:
-    """ReadingQualityType code -> the hub's quality bits."""
-    by_name = {name: int(flag) for flag, name in FLAG_NAMES.items()}
-    return {code: by_name[name] for code, name in codes.quality_flags_by_code().items() if name in by_name}
 
 
 @dataclass
@@ -154,7 +144,7 @@ async def create(edge: CimEdge, msg: Message) -> Outcome:
         validated = [edge.payload(element, "MeterReadings") for element in msg.payload.elements]
         batches = ([mr for mrs in validated for mr in kids(mrs, "MeterReading")],)
     done = _Ingest()
-    await _ingest(edge, batches, _source(msg), out, done)
+    await _ingest(edge, _taken_apart(batches), _source(msg), out, done)
     return _outcome(out, done)
 
 
@@ -162,16 +152,35 @@ def _source(msg: Message) -> str:
     return ("cim:" + (msg.header.source or "external"))[:32]
 
 
+async def _taken_apart(batches: Iterable[list[etree._Element]]) -> AsyncIterator[list[Meter]]:
+    """Element batches taken apart here, :data:`PIPELINE_METERS` MeterReadings a step (in the
+    event loop's thread, as the elements are parsed)."""
+    extractor = Extractor()
+    for batch in batches:
+        for first in range(0, len(batch), PIPELINE_METERS):
+            yield extractor.batch(batch[first:first + PIPELINE_METERS])
+
+
 async def _create_in_one_transaction(edge: CimEdge, msg: Message, streamed: Streamed) -> Outcome:
     """A message read in one pass: its batches stored in one transaction, rolled back when the
     document turns out invalid or cut short (:class:`adapters.cim.stream.Refused`; the refusal is
     then the two-pass read's, and ``streamed.refused`` tells the edge not to remember the message as
-    taken, as it would not have taken it) or anything else fails; committed before the reply."""
+    taken, as it would not have taken it) or anything else fails; committed before the reply. With
+    parse workers (:mod:`adapters.cim.parse_worker`) the document is read again, from its start, in
+    a worker process while this thread stores; a failed worker fails the message, not taken."""
     hub = edge.hub
     out, done = Outcome(), _Ingest()
+    pool = parse_worker.POOL
+    if pool.size > 0:
+        streamed.events = None  # the worker reads the document; this read stops at the Header
+        batches: AsyncIterator[list[Meter]] = pool.batches(streamed.data, stream.SINGLE_PASS_METERS,
+                                                           PIPELINE_METERS)
+    else:
+        batches = _taken_apart(streamed.batches())
     tx = await hub.run(hub.cim_reads.transaction)
     try:
-        await _ingest(edge, streamed.batches(), _source(msg), out, done, tx.conn)
+        async with contextlib.aclosing(batches):
+            await _ingest(edge, batches, _source(msg), out, done, tx.conn)
     except stream.Refused:
         await hub.run(tx.rollback)
         again = await hub.run(streamed.refusal)
@@ -180,6 +189,10 @@ async def _create_in_one_transaction(edge: CimEdge, msg: Message, streamed: Stre
             return await create(edge, msg)
         streamed.refused = True
         raise EnvelopeError(*again) from None
+    except parse_worker.WorkerFailed:
+        await asyncio.shield(hub.run(tx.rollback))
+        streamed.refused = True  # not taken: a copy under the same MessageID is read anew
+        raise
     except BaseException:
         await asyncio.shield(hub.run(tx.rollback))
         raise
@@ -187,18 +200,17 @@ async def _create_in_one_transaction(edge: CimEdge, msg: Message, streamed: Stre
     return _outcome(out, done)
 
 
-async def _ingest(edge: CimEdge, batches: Iterable[list[etree._Element]], source: str, out: Outcome, done: _Ingest,
+async def _ingest(edge: CimEdge, batches: AsyncIterator[list[Meter]], source: str, out: Outcome, done: _Ingest,
                   conn: Connection | None = None) -> None:
-    """Map and store ``batches``, :data:`PIPELINE_METERS` MeterReadings a step, each step mapped
-    while the one before it is stored (in ``conn``'s transaction when given)."""
+    """Map and store ``batches``, each mapped while the one before it is stored (in ``conn``'s
+    transaction when given)."""
     storing: asyncio.Task[None] | None = None
     try:
-        for batch in batches:
-            for first in range(0, len(batch), PIPELINE_METERS):
-                mapped = await _map_batch(edge, batch[first:first + PIPELINE_METERS], out, done)
-                if storing is not None:
-                    await storing
-                storing = asyncio.create_task(_store_batch(edge, *mapped, source, out, done, conn))
+        async for batch in batches:
+            mapped = await _map_batch(edge, batch, out, done)
+            if storing is not None:
+                await storing
+            storing = asyncio.create_task(_store_batch(edge, *mapped, source, out, done, conn))
         if storing is not None:
             await storing
     finally:  # a step that failed to map: the step being stored is finished first, never left running
@@ -218,40 +230,63 @@ def _outcome(out: Outcome, done: _Ingest) -> Outcome:
     return out
 
 
-async def _map_batch(edge: CimEdge, batch: list[etree._Element], out: Outcome,
+async def _map_batch(edge: CimEdge, batch: list[Meter], out: Outcome,
                      done: _Ingest) -> tuple[list[Read], list[tuple[str, int, datetime, int]]]:
-    """The register reads and kept quality flags of one batch of MeterReading elements."""
+    """The register reads and kept quality flags of one batch of MeterReadings taken apart."""
     reads: list[Read] = []
     flags: list[tuple[str, int, datetime, int]] = []
     if not batch:
         return reads, flags
-    ns = etree.QName(batch[0]).namespace
-    up_tag, meter_tag = f"{{{ns}}}UsagePoint", f"{{{ns}}}Meter"
-    entries: list[tuple[etree._Element, list[str], list[str]]] = []
-    for mr in batch:
-        up, meter = mr.find(up_tag), mr.find(meter_tag)
-        entries.append((mr, identifiers(up) if up is not None else [],
-                        identifiers(meter) if meter is not None else []))
     hub = edge.hub
-    points, _ = await hub.run(hub.cim_reads.resolve, unique(n for _, u, _ in entries for n in u),
-                              unique(n for _, _, m in entries for n in m))
+    points, _ = await hub.run(hub.cim_reads.resolve, unique(n for m in batch for n in m.usage_point),
+                              unique(n for m in batch for n in m.meter))
     by_name: dict[str, list[MeteringPoint]] = defaultdict(list)
     for p in points:
         for n in {p.ld_id, p.pd_id, p.serial, str(p.device_key)} - {None}:
             by_name[n].append(p)  # type: ignore[index]
     registers = await hub.run(hub.cim_reads.registers, {p.group_id for p in points})
-    mapper = _Mapper(ns, out, reads, flags)
-    for mr, ups, meters in entries:
+    known = codes.reading_types()
+    for m in batch:
         done.meter_readings += 1
         where = f"MeterReading[{done.meter_readings}]"
-        point = _pick(by_name, ups, meters)
+        point = _pick(by_name, m.usage_point, m.meter)
         if point is None:
-            label = (ups or meters or ["(none)"])[0]
+            label = (m.usage_point or m.meter or ["(none)"])[0]
             out.fail("not-found", f"{where}: no installed metering point for {label}", obj=label,
                      object_type="UsagePoint", xpath=where)
             continue
-        mapper.meter(mr, point, {r.obis: r.sub_number for r in registers.get(point.group_id, [])}, where)
+        _apply(m, point, {r.obis: r.sub_number for r in registers.get(point.group_id, [])}, where, known, out,
+               reads, flags)
     return reads, flags
+
+
+def _apply(m: Meter, point: MeteringPoint, subs: dict[str, int], where: str, known: dict[str, codes.ReadingTypeRow],
+           out: Outcome, reads: list[Read], flags: list[tuple[str, int, datetime, int]]) -> None:
+    """Append the register reads of one MeterReading taken apart (of ``point``); refusals go to the
+    outcome, and a reading that refuses the whole message raises when its register is one to store."""
+    refused: set[str] = set()
+    ld_id = point.ld_id
+    for code, kind, times, values, flagged, missing, fatal in m.groups:
+        path = f"{where}/{kind}"
+        rt = known.get(code or "")
+        if rt is None or not rt.ingest or rt.obis not in subs:
+            if (code or "") not in refused:
+                refused.add(code or "")
+                why = ("is not known to the hub" if rt is None else "carries increments; send register values"
+                       if not rt.ingest else f"names register {rt.obis}, which {ld_id} does not have")
+                out.fail("unknown-code" if rt is None else "invalid-object",
+                         f"{path}: ReadingType {code} {why}", obj=code or "", object_type="ReadingType",
+                         xpath=path)
+            continue
+        for _ in range(missing):
+            out.fail("invalid-object", f"{path}: a reading without timeStamp", obj=ld_id,
+                     object_type="UsagePoint", xpath=path)
+        if fatal is not None:
+            raise EnvelopeError(*fatal)
+        sub = subs[rt.obis]
+        reads.extend(zip(repeat(ld_id), repeat(sub), times, values))
+        for i, bits in flagged:
+            flags.append((ld_id, sub, times[i], bits))
 
 
 async def _store_batch(edge: CimEdge, reads: list[Read], flags: list[tuple[str, int, datetime, int]], source: str,
@@ -270,138 +305,6 @@ async def _store_batch(edge: CimEdge, reads: list[Read], flags: list[tuple[str, 
     done.rejected += len(report["rejected"])
     for key in done.report:
         done.report[key] += report[key]
-
-
-@functools.cache
-def _block_xpaths(ns: str) -> tuple[etree.XPath, etree.XPath, etree.XPath, etree.XPath]:
-    """For an IntervalBlocks element of namespace ``ns``: how many IntervalReadings it has, the
-    texts of their timeStamps and of their values, and whether any has ReadingQualities."""
-    names = {"m": ns} if ns else None
-    p = "m:" if ns else ""
-
-    def xpath(expr: str) -> etree.XPath:
-        return etree.XPath(expr, namespaces=names, smart_strings=False)
-
-    return (xpath(f"count({p}IntervalReadings)"), xpath(f"{p}IntervalReadings/{p}timeStamp/text()"),
-            xpath(f"{p}IntervalReadings/{p}value/text()"), xpath(f"boolean({p}IntervalReadings/{p}ReadingQualities)"))
-
-
-class _Mapper:
-    """Register reads of MeterReading elements of one profile namespace (the per-reading work of
-    an ingest: element lookups by full tag, each distinct timeStamp parsed once)."""
-
-    def __init__(self, ns: str | None, out: Outcome, reads: list[Read],
-                 flags: list[tuple[str, int, datetime, int]]) -> None:
-        t = (lambda name: f"{{{ns}}}{name}") if ns else (lambda name: name)
-        self.readings, self.blocks, self.interval = t("Readings"), t("IntervalBlocks"), t("IntervalReadings")
-        self.reading_type, self.stamp, self.value = t("ReadingType"), t("timeStamp"), t("value")
-        self.qualities, self.quality_type = t("ReadingQualities"), t("ReadingQualityType")
-        self.out, self.reads, self.flags = out, reads, flags
-        self.known = codes.reading_types()
-        self.bits = _quality_bits()
-        self.times: dict[str, datetime] = {}
-        self.xpaths = _block_xpaths(ns or "")
-
-    def _code(self, el: etree._Element) -> str | None:
-        rt = el.find(self.reading_type)
-        return rt.get("ref") if rt is not None else None
-
-    def meter(self, mr: etree._Element, point: MeteringPoint, subs: dict[str, int], where: str) -> None:
-        """Append the register reads of one MeterReading (of ``point``); refusals go to the outcome."""
-        groups: list[tuple[str | None, etree._Element, bool, str]] = [
-            (self._code(r), r, False, f"{where}/Readings") for r in mr.iterchildren(self.readings)]
-        groups += [(self._code(b), b, True, f"{where}/IntervalBlocks") for b in mr.iterchildren(self.blocks)]
-        refused: set[str] = set()
-        for code, element, block, path in groups:
-            rt = self.known.get(code or "")
-            if rt is None or not rt.ingest or rt.obis not in subs:
-                if (code or "") not in refused:
-                    refused.add(code or "")
-                    why = ("is not known to the hub" if rt is None else "carries increments; send register values"
-                           if not rt.ingest else f"names register {rt.obis}, which {point.ld_id} does not have")
-                    self.out.fail("unknown-code" if rt is None else "invalid-object",
-                                  f"{path}: ReadingType {code} {why}", obj=code or "", object_type="ReadingType",
-                                  xpath=path)
-                continue
-            if not block:
-                self._values([element], point.ld_id, subs[rt.obis], path)
-            elif not self._plain_block(element, point.ld_id, subs[rt.obis], path):
-                self._values(list(element.iterchildren(self.interval)), point.ld_id, subs[rt.obis], path)
-
-    def _plain_block(self, block: etree._Element, ld_id: str, sub: int, path: str) -> bool:
-        """The reads of an IntervalBlock whose every IntervalReading has one timeStamp and one value,
-        as texts, and no ReadingQualities (nearly all of them): their texts taken by XPath in C, in
-        document order, instead of element by element. False, with nothing read, for any other block
-        (:meth:`_values` reads it and says what is wrong)."""
-        count, stamps, values, qualified = self.xpaths
-        n = int(count(block))
-        stamp_texts, value_texts = stamps(block), values(block)
-        if len(stamp_texts) != n or len(value_texts) != n or qualified(block):
-            return False
-        times, append = self.times, self.reads.append
-        for stamp, raw in zip(stamp_texts, value_texts, strict=True):
-            t = times.get(stamp)
-            if t is None:
-                clean = stamp.strip()
-                if not clean:
-                    return False
-                t = times.get(clean)
-                if t is None:
-                    t = times[clean] = parse_time(clean, f"{path}/timeStamp")
-                times[stamp] = t
-            try:
-                value = float(raw)
-            except ValueError:
-                value = None
-            if value is None or value != value or value in _INFINITE:
-                value = decimal(raw.strip() or None, f"{path}/value")  # refuses what is not a finite number
-                if value is None:
-                    continue
-            append((ld_id, sub, t, value))
-        return True
-
-    def _values(self, elements: list[etree._Element], ld_id: str, sub: int, path: str) -> None:
-        """The reads of one register's Reading / IntervalReadings elements: each element's children
-        looked at once (a lookup by path per field cost more than the rest of the mapping)."""
-        stamp_tag, value_tag, qualities_tag = self.stamp, self.value, self.qualities
-        times, append, keep = self.times, self.reads.append, _KEPT_QUALITY
-        for el in elements:
-            stamp = raw = None
-            bits = 0
-            for c in el:
-                tag = c.tag
-                if tag == stamp_tag:
-                    if stamp is None:
-                        stamp = c.text or ""
-                elif tag == value_tag:
-                    if raw is None:
-                        raw = c.text or ""
-                elif tag == qualities_tag:
-                    rq = c.find(self.quality_type)
-                    bits |= self.bits.get(rq.get("ref") or "", 0) if rq is not None else 0
-            t = times.get(stamp) if stamp is not None else None
-            if t is None:
-                stamp = stamp.strip() if stamp else None
-                if not stamp:
-                    self.out.fail("invalid-object", f"{path}: a reading without timeStamp", obj=ld_id,
-                                  object_type="UsagePoint", xpath=path)
-                    continue
-                t = times.get(stamp)
-                if t is None:
-                    t = times[stamp] = parse_time(stamp, f"{path}/timeStamp")
-            if raw is None:
-                continue  # a known-missing read: nothing to store
-            try:
-                value = float(raw)
-            except ValueError:
-                value = None
-            if value is None or value != value or value in _INFINITE:
-                value = decimal(raw.strip() or None, f"{path}/value")  # refuses what is not a finite number
-                if value is None:
-                    continue
-            append((ld_id, sub, t, value))
-            if bits & keep:
-                self.flags.append((ld_id, sub, t, bits & keep))
 
 
 def _pick(by_name: dict[str, list[MeteringPoint]], ups: list[str], meters: list[str]) -> MeteringPoint | None:
