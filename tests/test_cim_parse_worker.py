@@ -114,3 +114,15 @@ async def test_a_schema_violation_late_in_a_worker_read_refuses_everything(cim, 
     assert any("unheard" in d for d in details(reply)), details(reply)
     assert all(not rows for rows in stored(hub, lds).values())
     assert len(pool.pids()) == 1  # a refusal is a clean end: the worker is kept
+
+
+async def test_a_message_that_finds_every_worker_taken_is_read_inline_without_waiting(cim, hub, lds, pool):
+    assert pool.claim()  # another message holds the only worker
+    try:
+        values, body = _day_message(lds, "day-1")
+        reply = parse_reply(await post(cim, body))
+        assert result(reply) == "OK", details(reply)
+        assert _stored_as_sent(hub, lds, values)
+        assert pool.pids() == []  # never started: read inline
+    finally:
+        pool.release()

@@ -104,64 +104,69 @@ class ParseWorkers:
         self.size = size
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
-        self._slots: asyncio.Semaphore | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._claimed = 0
 
     def pids(self) -> list[int]:
         """The workers' process ids, idle or reading a document (for tests and operators)."""
         return [w.process.pid for w in [*self._idle, *self._busy] if w.process.pid is not None]
 
-    def _semaphore(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        if self._slots is None or self._loop is not loop:
-            self._slots, self._loop = asyncio.Semaphore(self.size), loop
-        return self._slots
+    def claim(self) -> bool:
+        """Take a worker's place for one document; False when every worker is taken (the document
+        is then read inline: a request never waits for a worker while it holds a transaction)."""
+        if self._claimed >= self.size:
+            return False
+        self._claimed += 1
+        return True
+
+    def release(self) -> None:
+        """Give back a place taken by :meth:`claim`."""
+        self._claimed -= 1
 
     async def batches(self, data: bytes, per_batch: int, per_send: int) -> AsyncIterator[list[Any]]:
         """The document's MeterReadings as batches of :class:`~adapters.cim.reading_parts.Meter`.
         Raises :class:`adapters.cim.stream.Refused` when the document turns out invalid or cut
-        short (after some batches, possibly), :class:`WorkerFailed` when the worker fails."""
+        short (after some batches, possibly), :class:`WorkerFailed` when the worker fails. The
+        caller holds a place (:meth:`claim`)."""
         from adapters.cim import stream
 
-        async with self._semaphore():
-            worker = self._idle.pop() if self._idle else None
-            if worker is None or not worker.process.is_alive():
-                if worker is not None:
-                    worker.kill()
-                worker = await asyncio.to_thread(_Worker)
-            self._busy.add(worker)
-            clean = False
-            queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-            reader = asyncio.create_task(self._read(worker, queue))
+        worker = self._idle.pop() if self._idle else None
+        if worker is None or not worker.process.is_alive():
+            if worker is not None:
+                worker.kill()
+            worker = await asyncio.to_thread(_Worker)
+        self._busy.add(worker)
+        clean = False
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(worker, queue))
+        try:
             try:
-                try:
-                    await asyncio.to_thread(worker.conn.send, (data, per_batch, per_send))
-                except (OSError, EOFError, ValueError) as exc:
-                    raise WorkerFailed(f"the parse worker is gone: {exc}") from None
-                while True:
-                    kind, value = await queue.get()
-                    if kind == "batch":
-                        yield value
-                        continue
-                    clean = kind in ("end", "refused", "error")
-                    if kind == "end":
-                        return
-                    if kind == "refused":
-                        raise stream.Refused(value)
-                    if kind == "error":
-                        raise WorkerFailed(value)
-                    raise WorkerFailed(f"the parse worker stopped: {value}")
-            finally:
-                if not clean:  # the worker may be mid-document: never reused
-                    with contextlib.suppress(Exception):
-                        worker.process.kill()
-                    log.warning("cim parse worker dropped", extra={"pid": worker.process.pid})
-                await asyncio.shield(asyncio.wait([reader]))  # ends at the worker's closing message or death
-                self._busy.discard(worker)
-                if clean and worker.process.is_alive():
-                    self._idle.append(worker)
-                else:
-                    await asyncio.to_thread(worker.kill)
+                await asyncio.to_thread(worker.conn.send, (data, per_batch, per_send))
+            except (OSError, EOFError, ValueError) as exc:
+                raise WorkerFailed(f"the parse worker is gone: {exc}") from None
+            while True:
+                kind, value = await queue.get()
+                if kind == "batch":
+                    yield value
+                    continue
+                clean = kind in ("end", "refused", "error")
+                if kind == "end":
+                    return
+                if kind == "refused":
+                    raise stream.Refused(value)
+                if kind == "error":
+                    raise WorkerFailed(value)
+                raise WorkerFailed(f"the parse worker stopped: {value}")
+        finally:
+            if not clean:  # the worker may be mid-document: never reused
+                with contextlib.suppress(Exception):
+                    worker.process.kill()
+                log.warning("cim parse worker dropped", extra={"pid": worker.process.pid})
+            await asyncio.shield(asyncio.wait([reader]))  # ends at the worker's closing message or death
+            self._busy.discard(worker)
+            if clean and worker.process.is_alive():
+                self._idle.append(worker)
+            else:
+                await asyncio.to_thread(worker.kill)
 
     @staticmethod
     async def _read(worker: _Worker, queue: asyncio.Queue[tuple[str, Any]]) -> None:

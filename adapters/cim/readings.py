@@ -171,31 +171,36 @@ async def _create_in_one_transaction(edge: CimEdge, msg: Message, streamed: Stre
     hub = edge.hub
     out, done = Outcome(), _Ingest()
     pool = parse_worker.POOL
-    if pool.size > 0:
-        streamed.events = None  # the worker reads the document; this read stops at the Header
-        batches: AsyncIterator[list[Meter]] = pool.batches(streamed.data, stream.SINGLE_PASS_METERS,
-                                                           PIPELINE_METERS)
-    else:
-        batches = _taken_apart(streamed.batches())
-    tx = await hub.run(hub.cim_reads.transaction)
+    claimed = pool.claim()
     try:
-        async with contextlib.aclosing(batches):
-            await _ingest(edge, batches, _source(msg), out, done, tx.conn)
-    except stream.Refused:
-        await hub.run(tx.rollback)
-        again = await hub.run(streamed.refusal)
-        if isinstance(again, stream.Parsed):  # the one-pass schema's narrowing refused what two passes take
-            msg.stream = again.streamed
-            return await create(edge, msg)
-        streamed.refused = True
-        raise EnvelopeError(*again) from None
-    except parse_worker.WorkerFailed:
-        await asyncio.shield(hub.run(tx.rollback))
-        streamed.refused = True  # not taken: a copy under the same MessageID is read anew
-        raise
-    except BaseException:
-        await asyncio.shield(hub.run(tx.rollback))
-        raise
+        if claimed:
+            streamed.events = None  # the worker reads the document; this read stopped at the Header
+            batches: AsyncIterator[list[Meter]] = pool.batches(streamed.data, stream.SINGLE_PASS_METERS,
+                                                               PIPELINE_METERS)
+        else:
+            batches = _taken_apart(streamed.batches())
+        tx = await hub.run(hub.cim_reads.transaction)
+        try:
+            async with contextlib.aclosing(batches):
+                await _ingest(edge, batches, _source(msg), out, done, tx.conn)
+        except stream.Refused:
+            await hub.run(tx.rollback)
+            again = await hub.run(streamed.refusal)
+            if isinstance(again, stream.Parsed):  # the one-pass schema's narrowing refused what two passes take
+                msg.stream = again.streamed
+                return await create(edge, msg)
+            streamed.refused = True
+            raise EnvelopeError(*again) from None
+        except parse_worker.WorkerFailed:
+            await asyncio.shield(hub.run(tx.rollback))
+            streamed.refused = True  # not taken: a copy under the same MessageID is read anew
+            raise
+        except BaseException:
+            await asyncio.shield(hub.run(tx.rollback))
+            raise
+    finally:
+        if claimed:
+            pool.release()
     await hub.run(tx.commit)
     return _outcome(out, done)
 
