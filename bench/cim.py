@@ -278,6 +278,15 @@ def bench_cim(run: Run, backend: str, url: str, workdir: Path, *, meters: int = 
                 **{k: {q: round(v * 1000, 2) for q, v in p.items()} for k, p in got.items()}}}
 
 
+def _server_env(**extra: str) -> None:
+    """Add ``extra`` to the environment of the servers this benchmark starts (for A/B runs)."""
+    import functools
+
+    from bench import ieee1888
+
+    ieee1888.hub_env = functools.partial(ieee1888.hub_env, **extra)  # type: ignore[assignment]
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.cim [--backend sqlite] [--meters N] [--rounds N]``: this benchmark alone."""
     import argparse
@@ -291,12 +300,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--meters", type=int, default=METERS, help="meters in the ingested day (48 readings each)")
     p.add_argument("--rounds", type=int, default=ROUNDS, help="timed get rounds")
     p.add_argument("--out", type=Path, default=None, help="JSON result file")
+    p.add_argument("--parse-workers", type=int, default=None,
+                   help="the server's MDMHUB_CIM_PARSE_WORKERS (default: the hub's own choice)")
     args = p.parse_args(argv)
+    if args.parse_workers is not None:
+        _server_env(MDMHUB_CIM_PARSE_WORKERS=str(args.parse_workers))
     if not 2_000 <= args.meters <= 80_000:
         p.error("--meters must be between 2000 and 80000 (4 head-ends x 20,000)")
     backends = args.backend.split(",")
     pg = postgresql_server() if "postgresql" in backends else None
-    run = Run(machine(pg["server_version"] if pg else None), options={"meters": args.meters, "rounds": args.rounds})
+    run = Run(machine(pg["server_version"] if pg else None), options={"meters": args.meters, "rounds": args.rounds,
+                                                                      "parse_workers": args.parse_workers})
     with tempfile.TemporaryDirectory(prefix="mdmhub-bench-") as tmp:
         for backend in backends:
             with fresh_database(backend, Path(tmp)) as url:

@@ -251,6 +251,9 @@ class CimSection(_Section):
                                       description="Metering points per created MeterReadings message (parts).")
     replay_retention_hours: float = Field(168.0, gt=0, le=24 * 366, description="How long a received message's "
                                           "reply is kept, so a copy resent under the same MessageID gets it again.")
+    parse_workers: int | None = Field(None, ge=0, le=16, description="Worker processes that parse and validate "
+                                      "large create/created MeterReadings documents while the hub stores them "
+                                      "(0: parsed in the hub's own process; unset: one on two cores or more).")
 
 
 class AccessSection(_Section):

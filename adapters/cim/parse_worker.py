@@ -2,7 +2,7 @@
 
 Parsing with libxml2's validation and taking the MeterReading elements apart is most of an ingest's
 CPU; in the server process it holds the GIL that the store's thread needs too. Here it runs in a
-worker process (started lazily, :data:`WORKERS` of them, ``MDMHUB_CIM_PARSE_WORKERS``; 0 keeps it
+worker process (started lazily, as many as the setting ``cim.parse_workers`` says; 0 keeps it
 inline) that reads the document with the same hardened parser (:func:`adapters.cim.stream.one_pass`
 over :mod:`adapters.xmlsafe`) and sends batches of :class:`adapters.cim.reading_parts.Meter` tuples
 back while the request's thread stores the ones before. The worker ends every document with one
@@ -26,15 +26,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def _default_workers() -> int:
-    raw = os.environ.get("MDMHUB_CIM_PARSE_WORKERS")
-    if raw is not None and raw.strip():
-        return max(0, int(raw))
+def default_workers() -> int:
+    """Worker processes when the setting ``cim.parse_workers`` is unset: one when there is a core
+    for it (0: parsed inline, in the request's thread)."""
     return 1 if (os.cpu_count() or 1) >= 2 else 0
-
-
-WORKERS = _default_workers()
-"""Worker processes for one-pass MeterReadings documents (0: parsed inline, in the request's thread)."""
 
 
 class WorkerFailed(RuntimeError):
@@ -186,5 +181,12 @@ class ParseWorkers:
             self._idle.pop().kill()
 
 
-POOL = ParseWorkers(WORKERS)
+POOL = ParseWorkers(default_workers())
 """The process's workers (shared by every CIM edge in it)."""
+
+
+def pool(workers: int | None) -> ParseWorkers:
+    """The process's workers, sized by the setting ``cim.parse_workers`` when it is set."""
+    if workers is not None and POOL.size != workers:
+        POOL.size = workers
+    return POOL

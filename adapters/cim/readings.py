@@ -170,7 +170,7 @@ async def _create_in_one_transaction(edge: CimEdge, msg: Message, streamed: Stre
     a worker process while this thread stores; a failed worker fails the message, not taken."""
     hub = edge.hub
     out, done = Outcome(), _Ingest()
-    pool = parse_worker.POOL
+    pool = parse_worker.pool(edge.settings.parse_workers)
     claimed = pool.claim()
     try:
         if claimed:
