@@ -19,7 +19,6 @@ dashboard. Days and months are in ``[privacy] timezone``. Energy is the effectiv
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -187,26 +186,46 @@ class PublicDataService:
         local = (t - timedelta(microseconds=1)).astimezone(self.tz)
         return local.replace(hour=0, minute=0, second=0, microsecond=0)
 
-    def _rolled_up(self, caller: Caller, group_by: str, group: str | None, period: Period,
-                   sub_number: int | None) -> list[tuple[str, int, datetime, Totals]] | None:
-        """The rollup's totals for the period (refreshed first), or None when the live query must answer."""
+    def _totals(self, caller: Caller, group_by: str, group: str | None, period: Period,
+                sub_number: int | None) -> list[tuple[str, int, datetime, Totals]]:
+        """Per group, register and slot of the period: the rollup's totals (refreshed first), or the
+        same totals straight from usage_history when the rollup cannot answer the caller."""
         groups = self._rollup_groups(caller, group_by, group)
         if groups == "live":
-            return None
+            return self._live_totals(caller, group_by, group, period, sub_number)
         lo, hi = period.from_.astimezone(UTC), period.to.astimezone(UTC)
         self.rollup.refresh(lo, hi)
         return self.rollup.read(group_by, groups, lo, hi, sub_number)  # type: ignore[arg-type]
+
+    def _live_totals(self, caller: Caller, group_by: str, group: str | None, period: Period,
+                     sub_number: int | None) -> list[tuple[str, int, datetime, Totals]]:
+        """What the rollup holds, computed from usage_history over the clusters the caller sees."""
+        u, r = UsageHistory, CustomerLogicalDevice
+        with self.db.session() as s:
+            group_col, conds = self._group_filters(s, caller, group_by, group)
+            conds += [u.measured_time > period.from_.astimezone(UTC), u.measured_time <= period.to.astimezone(UTC)]
+            if sub_number is not None:
+                conds.append(u.sub_number == sub_number)
+            keys = (group_col, u.sub_number, u.measured_time)
+            rows = select(*keys).select_from(u).join(LogicalDevice, LogicalDevice.ld_id == u.ld_id) \
+                .join(Cluster, Cluster.cluster_id == LogicalDevice.cluster_id).where(*conds).group_by(*keys)
+            person = func.count(func.distinct(func.coalesce(r.customer_id, literal("ld:") + u.ld_id)))
+            people = {tuple(row[:3]): row[3] for row in s.execute(rows.outerjoin(r, _held()).add_columns(person))}
+            counts = [func.sum(case((u.status == st, 1), else_=0)) for st in ("normal", "missing", "recollected")]
+            return [(g, sub, t, Totals(energy, meters, people.get((g, sub, t), 0), normal or 0, missing or 0,
+                                       recollected or 0))
+                    for g, sub, t, energy, meters, normal, missing, recollected in
+                    s.execute(rows.add_columns(func.sum(_effective()), func.count(), *counts))]
 
     # --- usage aggregates ---------------------------------------------------------------------
     def usage_aggregate(self, caller: Caller, q: AggregateQuery) -> dict[str, Any]:
         """Energy per group and slot/day; buckets under k distinct customers are suppressed.
 
-        Read from the usage rollup. A day's ``meters`` and ``customers`` are the largest of its slots'
-        (a day's buckets are checked against k by its slots, never by a union no slot reached)."""
+        A day's ``meters`` and ``customers`` are the largest of its slots' (a day's buckets are checked
+        against k by its slots, never by a union no slot reached), whether the totals come from the
+        rollup or, for a caller who sees part of an area, from usage_history."""
         caller.require(PUBLIC)
-        rows = self._rolled_up(caller, q.group_by, q.group, q, q.sub_number)
-        if rows is None:
-            return self._live_usage_aggregate(caller, q)
+        rows = self._totals(caller, q.group_by, q.group, q, q.sub_number)
         buckets: dict[tuple[str, datetime], dict[str, Any]] = {}
         for g, _sub, t, tot in rows:
             start = t if q.resolution == "slot" else self._day_of(t)
@@ -219,58 +238,6 @@ class PublicDataService:
                 b["energy_kwh"] = (b["energy_kwh"] or 0.0) + tot.energy
             b["meters"], b["customers"] = max(b["meters"], tot.meters), max(b["customers"], tot.customers)
         return self._publish(buckets, q.resolution, q.group_by, "energy_kwh")
-
-    def _live_usage_aggregate(self, caller: Caller, q: AggregateQuery) -> dict[str, Any]:
-        """The aggregate straight from usage_history (for callers who see part of an area)."""
-        u = UsageHistory
-        with self.db.session() as s:
-            group_col, conds = self._group_filters(s, caller, q.group_by, q.group)
-            conds += [u.sub_number == q.sub_number]
-            buckets: dict[tuple[str, datetime], dict[str, Any]] = {}
-            for start, end in self._windows(q.from_, q.to, q.resolution):
-                energy = select(group_col, *([u.measured_time] if start is None else []),
-                                func.sum(_effective()), func.count(func.distinct(u.ld_id))) \
-                    .select_from(u).join(LogicalDevice, LogicalDevice.ld_id == u.ld_id) \
-                    .join(Cluster, Cluster.cluster_id == LogicalDevice.cluster_id) \
-                    .where(*conds, *self._time(q.from_, q.to, start, end))
-                people = select(group_col, *([u.measured_time] if start is None else []),
-                                func.count(func.distinct(func.coalesce(CustomerLogicalDevice.customer_id,
-                                                                       literal("ld:") + u.ld_id)))) \
-                    .select_from(u).join(LogicalDevice, LogicalDevice.ld_id == u.ld_id) \
-                    .join(Cluster, Cluster.cluster_id == LogicalDevice.cluster_id) \
-                    .outerjoin(CustomerLogicalDevice, _held()) \
-                    .where(*conds, *self._time(q.from_, q.to, start, end))
-                if start is None:
-                    energy = energy.group_by(group_col, u.measured_time)
-                    people = people.group_by(group_col, u.measured_time)
-                else:
-                    energy, people = energy.group_by(group_col), people.group_by(group_col)
-                counts = {tuple(r[:-1]): r[-1] for r in s.execute(people)}
-                for row in s.execute(energy):
-                    key = tuple(row[:-2])
-                    g, t = (key[0], key[1]) if start is None else (key[0], start)
-                    buckets[(g, t)] = {"group": g, "period_start": t, "energy_kwh": row[-2], "meters": row[-1],
-                                       "customers": counts.get(key, 0)}
-        return self._publish(buckets, q.resolution, q.group_by, "energy_kwh")
-
-    def _windows(self, start: datetime, end: datetime, resolution: str) -> list[tuple[datetime | None, datetime | None]]:
-        if resolution == "slot":
-            return [(None, None)]
-        return list(self._days(start, end))
-
-    def _days(self, start: datetime, end: datetime) -> Iterable[tuple[datetime, datetime]]:
-        """Local days overlapping [start, end), as UTC windows clipped to the period."""
-        day = start.astimezone(self.tz).replace(hour=0, minute=0, second=0, microsecond=0)
-        while day < end:
-            nxt = day + timedelta(days=1)  # wall-clock arithmetic in the zone: midnight to midnight
-            yield day, nxt
-            day = nxt
-
-    @staticmethod
-    def _time(from_: datetime, to: datetime, start: datetime | None, end: datetime | None) -> list[Any]:
-        u = UsageHistory
-        lo, hi = max(from_, start) if start else from_, min(to, end) if end else to
-        return [u.measured_time > lo.astimezone(UTC), u.measured_time <= hi.astimezone(UTC)]
 
     def _publish(self, buckets: dict[tuple[str, datetime], dict[str, Any]], resolution: str, group_by: str,
                  value_key: str) -> dict[str, Any]:
@@ -293,9 +260,7 @@ class PublicDataService:
         """Snapshot status counts (normal / missing / re-collected) per group and day, every register
         counted; from the usage rollup, a day's customers being the most of any of its slots."""
         caller.require(PUBLIC)
-        rows = self._rolled_up(caller, q.group_by, q.group, q, None)
-        if rows is None:
-            return self._live_quality_summary(caller, q)
+        rows = self._totals(caller, q.group_by, q.group, q, None)
         buckets: dict[tuple[str, datetime], dict[str, Any]] = {}
         for g, _sub, t, tot in rows:
             start = self._day_of(t)
@@ -308,29 +273,6 @@ class PublicDataService:
         for b in buckets.values():
             total = b["normal"] + b["missing"] + b["recollected"]
             b["missing_rate"] = round(b["missing"] / total, 6) if total else None
-        return self._publish(buckets, "day", q.group_by, "missing_rate")
-
-    def _live_quality_summary(self, caller: Caller, q: QualityQuery) -> dict[str, Any]:
-        """The quality summary straight from usage_history (for callers who see part of an area)."""
-        u = UsageHistory
-        with self.db.session() as s:
-            group_col, conds = self._group_filters(s, caller, q.group_by, q.group)
-            buckets: dict[tuple[str, datetime], dict[str, Any]] = {}
-            for start, end in self._days(q.from_, q.to):
-                base = select(group_col).select_from(u).join(LogicalDevice, LogicalDevice.ld_id == u.ld_id) \
-                    .join(Cluster, Cluster.cluster_id == LogicalDevice.cluster_id) \
-                    .where(*conds, *self._time(q.from_, q.to, start, end)).group_by(group_col)
-                statuses = base.add_columns(*(func.sum(case((u.status == st, 1), else_=0)) for st in
-                                              ("normal", "missing", "recollected")))
-                people = base.outerjoin(CustomerLogicalDevice, _held()).add_columns(
-                    func.count(func.distinct(func.coalesce(CustomerLogicalDevice.customer_id, literal("ld:") + u.ld_id))))
-                counts = dict(s.execute(people).all())
-                for g, normal, missing, recollected in s.execute(statuses):
-                    total = (normal or 0) + (missing or 0) + (recollected or 0)
-                    buckets[(g, start)] = {"group": g, "period_start": start, "normal": int(normal or 0),
-                                           "missing": int(missing or 0), "recollected": int(recollected or 0),
-                                           "missing_rate": round((missing or 0) / total, 6) if total else None,
-                                           "customers": counts.get(g, 0)}
         return self._publish(buckets, "day", q.group_by, "missing_rate")
 
     # --- DR events ----------------------------------------------------------------------------
