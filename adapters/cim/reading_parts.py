@@ -188,10 +188,7 @@ class Extractor:
             except ValueError:
                 value = None
             if value is None or value != value or value in _INFINITE:
-                try:
-                    value = decimal(raw.strip() or None, f"{path}/value")  # refuses what is not a finite number
-                except EnvelopeError as exc:
-                    raise _Stop(exc) from None
+                value = _strict_number(raw, path)
                 if value is None:
                     every = False
                     continue
@@ -239,13 +236,19 @@ class Extractor:
             except ValueError:
                 value = None
             if value is None or value != value or value in _INFINITE:
-                try:
-                    value = decimal(raw.strip() or None, f"{path}/value")  # refuses what is not a finite number
-                except EnvelopeError as exc:
-                    raise _Stop(exc) from None
+                value = _strict_number(raw, path)
                 if value is None:
                     continue
             if bits & keep:
                 flagged.append((len(values_out), bits & keep))
             times_out.append(t)
             values_out.append(value)
+
+
+def _strict_number(raw: str, path: str) -> float | None:
+    """What a value that plain ``float`` could not take (or took as NaN or infinite) is: None when
+    empty, the number when it is one in another spelling, else the message is refused."""
+    try:
+        return decimal(raw.strip() or None, f"{path}/value")
+    except EnvelopeError as exc:
+        raise _Stop(exc) from None
