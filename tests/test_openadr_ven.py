@@ -107,10 +107,18 @@ def clock() -> Clock:
     return Clock(datetime.now(UTC).replace(second=0, microsecond=0))
 
 
+def midday_zone(now: datetime) -> str:
+    """A fixed-offset zone in which ``now`` is around noon. The clock is the real time (the VTN keeps
+    real time), and a policy takes part only in windows within one local day: in UTC, a test run
+    late in the evening would put its events across midnight."""
+    offset = 12 - now.hour  # -11 .. +12 hours, all valid Etc/GMT zones (whose sign is inverted)
+    return "UTC" if offset == 0 else f"Etc/GMT{-offset:+d}"
+
+
 @pytest.fixture
 def adr_hub(settings, clock) -> AsyncIterator[Hub]:
     settings = settings.model_copy(update={"openadr": settings.openadr.model_copy(
-        update={"answer_grace_s": 2.0, "policy_timezone": "UTC"})})
+        update={"answer_grace_s": 2.0, "policy_timezone": midday_zone(clock.now)})})
     hub = collecting_hub(settings, clock)
     hub.adr.clock = clock
     install_meters(hub, {1: 3}, overrides={n: {"contract_amps": 30} for n in range(1, 4)})
