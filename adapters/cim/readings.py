@@ -32,7 +32,7 @@ from adapters.cim.reading_parts import Extractor, Meter
 from adapters.cim.readings_answer import build_meter_readings, sub_numbers
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
+    from hub.services.transaction import Transaction
 
     from adapters.cim.stream import Streamed
     from adapters.cim.service import CimEdge
@@ -182,7 +182,7 @@ async def _create_in_one_transaction(edge: CimEdge, msg: Message, streamed: Stre
         tx = await hub.run(hub.cim_reads.transaction)
         try:
             async with contextlib.aclosing(batches):
-                await _ingest(edge, batches, _source(msg), out, done, tx.conn)
+                await _ingest(edge, batches, _source(msg), out, done, tx)
         except stream.Refused:
             await hub.run(tx.rollback)
             again = await hub.run(streamed.refusal)
@@ -206,16 +206,16 @@ async def _create_in_one_transaction(edge: CimEdge, msg: Message, streamed: Stre
 
 
 async def _ingest(edge: CimEdge, batches: AsyncIterator[list[Meter]], source: str, out: Outcome, done: _Ingest,
-                  conn: Connection | None = None) -> None:
-    """Map and store ``batches``, each mapped while the one before it is stored (in ``conn``'s
-    transaction when given)."""
+                  within: Transaction | None = None) -> None:
+    """Map and store ``batches``, each mapped while the one before it is stored (in the open
+    transaction ``within`` when given)."""
     storing: asyncio.Task[None] | None = None
     try:
         async for batch in batches:
             mapped = await _map_batch(edge, batch, out, done)
             if storing is not None:
                 await storing
-            storing = asyncio.create_task(_store_batch(edge, *mapped, source, out, done, conn))
+            storing = asyncio.create_task(_store_batch(edge, *mapped, source, out, done, within))
         if storing is not None:
             await storing
     finally:  # a step that failed to map: the step being stored is finished first, never left running
@@ -295,17 +295,17 @@ def _apply(m: Meter, point: MeteringPoint, subs: dict[str, int], where: str, kno
 
 
 async def _store_batch(edge: CimEdge, reads: list[Read], flags: list[tuple[str, int, datetime, int]], source: str,
-                       out: Outcome, done: _Ingest, conn: Connection | None = None) -> None:
-    """Store the reads of one mapped batch and their quality flags (in ``conn``'s transaction when
-    given); add up what happened."""
+                       out: Outcome, done: _Ingest, within: Transaction | None = None) -> None:
+    """Store the reads of one mapped batch and their quality flags (in the open transaction
+    ``within`` when given); add up what happened."""
     hub = edge.hub
-    report = await hub.run(hub.collection.ingest_values, reads, source, None, conn) if reads else \
+    report = await hub.run(hub.collection.ingest_values, reads, source, None, within) if reads else \
         {"received": 0, "stored": 0, "duplicates": 0, "filled": 0, "rejected": []}
     for r in report["rejected"][:max(0, MAX_REFUSED_LISTED - done.rejected)]:
         out.fail("invalid-object", f"{r['ld_id']} register {r['sub_number']} at {r['measured_time']}: {r['reason']}",
                  obj=r["ld_id"], object_type="UsagePoint")
     if flags:
-        await hub.run(hub.cim_reads.add_quality, flags, conn)
+        await hub.run(hub.cim_reads.add_quality, flags, within)
     done.reads += len(reads)
     done.rejected += len(report["rejected"])
     for key in done.report:

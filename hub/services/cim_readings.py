@@ -21,10 +21,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import DateTime, String, bindparam, false, func, or_, select, type_coerce
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Dialect
 
 from hub.db import Database, UTCDateTime, utcnow
 from hub.model import Concentrator, LogicalDevice, LogicalDeviceType, ParameterGroupItem, PhysicalDevice
+from hub.services.transaction import Transaction
 from hub.services.usage_writer import USAGE, utc
 
 CHUNK = 500
@@ -86,32 +87,6 @@ def _time_reader(dialect: Dialect) -> Callable[[Any], datetime]:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     return read
-
-
-class Transaction:
-    """One transaction of the store's, for calls made one after another (from any worker thread)
-    that pass :attr:`conn` on; ended by exactly one of :meth:`commit` and :meth:`rollback`."""
-
-    def __init__(self, db: Database) -> None:
-        self.conn: Connection = db.engine.connect()
-        self._tx = self.conn.begin()
-        if self.conn.dialect.name == "postgresql":
-            # Its statements are index probes and bulk moves of one batch; while a day is loaded the
-            # planner's statistics lag and their cost estimates pass jit_above_cost, and compiling
-            # took 250 ms a statement (a few ms to run).
-            self.conn.exec_driver_sql("SET LOCAL jit = off")
-
-    def commit(self) -> None:
-        try:
-            self._tx.commit()
-        finally:
-            self.conn.close()
-
-    def rollback(self) -> None:
-        try:
-            self._tx.rollback()
-        finally:
-            self.conn.close()
 
 
 class CimReadService:
@@ -215,10 +190,10 @@ class CimReadService:
                                 for _, sub, t, value, inc, quality, status in rows]
         return out
 
-    def add_quality(self, flags: Sequence[tuple[str, int, datetime, int]], conn: Connection | None = None) -> int:
+    def add_quality(self, flags: Sequence[tuple[str, int, datetime, int]], within: Transaction | None = None) -> int:
         """OR quality bits into stored rows (ld_id, sub_number, measured_time, bits); rows that do
-        not exist are left alone. Returns how many keys were given a flag. In ``conn``'s open
-        transaction when given, else in one of its own."""
+        not exist are left alone. Returns how many keys were given a flag. In the open transaction
+        ``within`` when given, else in one of its own."""
         rows = [{"k_ld": ld, "k_sub": sub, "k_t": utc(t), "bits": bits, "now": utcnow()}
                 for ld, sub, t, bits in flags if bits]
         if not rows:
@@ -229,8 +204,8 @@ class CimReadService:
                        c.measured_time == bindparam("k_t", type_=UTCDateTime))
                 .values(quality=c.quality.op("|")(bindparam("bits")),
                         updated_at=bindparam("now", type_=UTCDateTime)))
-        if conn is not None:
-            conn.execute(stmt, rows)
+        if within is not None:
+            within.conn.execute(stmt, rows)
             return len(rows)
         with self.db.session() as s:
             s.connection().execute(stmt, rows)

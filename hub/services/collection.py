@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import bindparam, select
 
 from hub.config import CollectionSection
 from hub.db import Database, UTCDateTime, utcnow
@@ -47,6 +47,7 @@ from hub.services.collection_targets import Target, candidate_targets, registers
 from hub.services.diagnosis import ROW_CHECKS, Ranges, Thresholds
 from hub.services.errors import InvalidInput
 from hub.services.quality import Quality
+from hub.services.transaction import Transaction
 from hub.services.usage_writer import USAGE, Key, Read, UsageWriter, WriteResult, utc
 from hub.throttle import Priority
 
@@ -396,12 +397,12 @@ class CollectionService:
         return self.ingest_values([(r.ld_id, r.sub_number, r.measured_time, r.value) for r in reads], source, he_id)
 
     def ingest_values(self, values: Iterable[Read], source: str, he_id: int | None = None,
-                      conn: Connection | None = None) -> dict[str, Any]:
+                      within: Transaction | None = None) -> dict[str, Any]:
         """:meth:`ingest_reads` of reads given as plain (ld_id, sub_number, measured_time, value)
         tuples: what bulk pushes use, a read object per value costing more than storing it.
 
         Stored as pushed reads (usage rows alone: :mod:`hub.services.usage_writer`), in transactions
-        of :data:`INGEST_CHUNK` reads, or in ``conn``'s open transaction when given (the caller
+        of :data:`INGEST_CHUNK` reads, or in the open transaction ``within`` when given (the caller
         commits or rolls back, e.g. a whole message only once it is known valid)."""
         values = list(values)
         registers = self._registers(list({v[0]: None for v in values}))
@@ -430,7 +431,7 @@ class CollectionService:
         for i in range(0, len(accepted), INGEST_CHUNK):
             total.add(self.writer.store(expected=(), values=accepted[i:i + INGEST_CHUNK],
                                         cumulative=lambda ld, sub: (ld, sub) in cumulative, source=source,
-                                        he_id=he_id, pushed=True, conn=conn))
+                                        he_id=he_id, pushed=True, conn=within.conn if within else None))
         return {"received": len(values), "stored": total.inserted, "filled": total.filled,
                 "duplicates": total.duplicates, "rejected": rejected}
 
